@@ -1,0 +1,36 @@
+"""The `clickmask` command. Each command group lives in its own module under `orchestrator.commands` and adds
+itself to the parser with `register(subparsers)`; heavy imports stay inside the handlers so `--help` is fast."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMAND_MODULES = ["train", "evaluate", "db"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="clickmask", description="Click-to-mask labeling backend.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"orchestrator.commands.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"orchestrator.commands.{name}":
+                raise
+            continue
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
