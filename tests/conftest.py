@@ -1,0 +1,131 @@
+"""Shared test fixtures, grouped by what they provide. Real components only: SQLite files, the PostgreSQL server
+that CI starts (a missing server fails the run, it is never skipped) and moto's S3 server over HTTP."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+# --------------------------------------------------------------------------------------------------------------
+# Storage: Label Studio request bodies recorded from a real Label Studio (kept beside the checkout, not copied).
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+REQUESTS = SHARED / "label_studio" / "requests"
+
+
+@pytest.fixture(scope="session")
+def ls_request():
+    """Load one recorded Label Studio request body by file stem, e.g. ls_request("webhook_annotation_created");
+    a fresh copy each time, so tests may edit it."""
+
+    def load(name: str) -> dict:
+        path = REQUESTS / f"{name}.json"
+        if not path.is_file():
+            pytest.fail(f"recorded Label Studio request missing: {path}")
+        return json.loads(path.read_text())["body"]
+
+    return load
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Storage: databases. `database_url` runs a test once on SQLite and once on PostgreSQL, each time in an empty
+# database; `session_factory` gives sessions on a database migrated to the latest revision.
+
+
+@pytest.fixture(scope="session")
+def postgres_database():
+    """A database created for this test run and dropped at its end (so runs never collide)."""
+    from sqlalchemy.exc import OperationalError
+
+    from store_support import create_database, drop_database, postgres_server_url
+
+    server = postgres_server_url()
+    try:
+        url = create_database(server)
+    except OperationalError as exc:
+        pytest.fail(
+            f"PostgreSQL is not reachable at {server.render_as_string(hide_password=True)} "
+            f"(set CLICKMASK_TEST_POSTGRES_URL or start the server): {exc.orig}",
+            pytrace=False,
+        )
+    yield url
+    drop_database(url)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def database_url(request, tmp_path) -> str:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'clickmask.db'}"
+        return
+    from store_support import create_schema, drop_schema
+
+    url = create_schema(request.getfixturevalue("postgres_database"))
+    yield url.render_as_string(hide_password=False)
+    drop_schema(url)
+
+
+@pytest.fixture
+def migrated_url(database_url) -> str:
+    from alembic import command
+
+    from migrations import alembic_config
+
+    command.upgrade(alembic_config(database_url), "head")
+    return database_url
+
+
+@pytest.fixture
+def engine(migrated_url):
+    from orchestrator.db import make_engine
+
+    engine = make_engine(migrated_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def session_factory(engine):
+    from orchestrator.db import make_session_factory
+
+    return make_session_factory(engine)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Storage: S3. One moto server over HTTP per test run, on a free loopback port; a fresh bucket per test.
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint():
+    from moto.server import ThreadedMotoServer
+
+    from store_support import free_port
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def aws_env(monkeypatch, tmp_path):
+    """Fake credentials through the standard AWS variables; no config file of the machine is read."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    for name in ("AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def s3_bucket(moto_endpoint, aws_env, request) -> str:
+    import uuid
+
+    import boto3
+
+    name = f"clickmask-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=moto_endpoint).create_bucket(Bucket=name)
+    return name
