@@ -1,0 +1,56 @@
+"""`clickmask train`: train the click model from scratch or from a checkpoint."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train the click model (from scratch, or from a checkpoint)",
+                       description="Train on dataset folders in the shared layout (images/, masks/). Writes the "
+                                   "latest checkpoint to --out every few minutes and at the end; Ctrl-C is safe.")
+    p.add_argument("--data", action="append", required=True, metavar="DIR", help="training folder (repeatable)")
+    p.add_argument("--weight", action="append", type=float, metavar="W",
+                   help="sampling weight of each --data folder, in order (default: equal)")
+    p.add_argument("--out", required=True, type=Path, help="checkpoint file to write")
+    p.add_argument("--init", type=Path, help="start from this checkpoint's weights")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run saved in --out (schedule position and optimizer state)")
+    p.add_argument("--samples", type=int, default=120_000, help="length of the schedule in samples")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--size", type=int, default=256, help="side of the square training frames")
+    p.add_argument("--threads", type=int, default=1, help="torch threads")
+    p.add_argument("--workers", type=int, default=1, help="data worker processes")
+    p.add_argument("--holdout-every", type=int, default=20,
+                   help="leave every Nth image of each folder out of training (0: none)")
+    p.add_argument("--checkpoint-every", type=float, default=300.0, help="seconds between checkpoints")
+    p.add_argument("--no-bf16", action="store_true", help="train in float32")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from workers.model.data import SampleGenerator, load_folder
+    from workers.model.train import TrainConfig, train
+
+    if args.weight and len(args.weight) != len(args.data):
+        raise SystemExit("give one --weight per --data folder")
+    if args.resume and not args.out.exists():
+        raise SystemExit(f"--resume: no checkpoint at {args.out}")
+    folders = []
+    for d in args.data:
+        images = load_folder(d)
+        if args.holdout_every:
+            images = [im for i, im in enumerate(images) if i % args.holdout_every != 0]
+        print(f"{d}: {len(images)} training images, {sum(len(im.objects) for im in images)} objects")
+        folders.append(images)
+    cfg = TrainConfig(samples=args.samples, batch_size=args.batch_size, lr=args.lr, size=args.size,
+                      threads=args.threads, data_workers=args.workers, seed=args.seed,
+                      checkpoint_every_s=args.checkpoint_every, bf16=not args.no_bf16)
+    init = args.out if args.resume else args.init
+    state = train(SampleGenerator(folders, args.weight, size=args.size), args.out, cfg, init=init,
+                  resume=args.resume)
+    print(f"wrote {args.out}: {state['samples_seen']} samples in {state['wall_time_s'] / 60:.1f} min, "
+          f"loss {state.get('loss', float('nan')):.4f}")
+    return 0

@@ -1,0 +1,101 @@
+"""The click-conditioned segmentation network.
+
+Input: RGB (B x 3 x H x W, normalised) and the guidance maps (B x G x H x W: positive clicks, negative clicks,
+previous probability, colour cue). Output: one logit map B x 1 x H x W. H and W must be multiples of 32.
+
+Shape of the net: a small residual encoder (strides 2 to 32) with a feature-pyramid decoder to stride 2, upsampled
+to the input size. The guidance maps are fused "Conv1S"-style: their own conv stack maps them to the stem's channel
+count, scaled by a learned factor that starts small, and added to the RGB stem's output, so the RGB path stays clean.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class NetConfig:
+    guidance_channels: int = 4
+    widths: tuple[int, ...] = (24, 32, 64, 96, 128)  # stem (stride 2), then strides 4, 8, 16, 32
+    blocks: tuple[int, ...] = (1, 2, 2, 1)  # residual blocks per stage after the stem
+    decoder_width: int = 32
+    fusion_scale: float = 0.1  # initial value of the learned guidance scale
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "NetConfig":
+        d = dict(d)
+        for key in ("widths", "blocks"):
+            if key in d:
+                d[key] = tuple(d[key])
+        return cls(**d)
+
+
+def conv_bn_relu(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
+    )
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv1 = conv_bn_relu(channels, channels)
+        self.conv2 = nn.Conv2d(channels, channels, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x + self.bn2(self.conv2(self.conv1(x))), inplace=True)
+
+
+class GuidanceFusion(nn.Module):
+    """Conv1S: guidance maps -> stem channels at stride 2, times a learned scale."""
+
+    def __init__(self, cin: int, cout: int, scale: float):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(cin, 16, 3, 2, 1), nn.ReLU(inplace=True), nn.Conv2d(16, cout, 3, 1, 1)
+        )
+        self.scale = nn.Parameter(torch.tensor(float(scale)))
+
+    def forward(self, guidance: torch.Tensor) -> torch.Tensor:
+        return self.scale * self.net(guidance)
+
+
+class ClickSegNet(nn.Module):
+    def __init__(self, config: NetConfig = NetConfig()):
+        super().__init__()
+        self.config = config
+        w = config.widths
+        self.stem = conv_bn_relu(3, w[0], stride=2)
+        self.fusion = GuidanceFusion(config.guidance_channels, w[0], config.fusion_scale)
+        stages = []
+        for i, n in enumerate(config.blocks):
+            layers = [conv_bn_relu(w[i], w[i + 1], stride=2)]
+            layers += [ResidualBlock(w[i + 1]) for _ in range(n)]
+            stages.append(nn.Sequential(*layers))
+        self.stages = nn.ModuleList(stages)
+        # Decoder widths per level: full width at strides 4-32, half at stride 2 where pixels are 4x as many.
+        d = [config.decoder_width // 2] + [config.decoder_width] * (len(w) - 1)
+        self.laterals = nn.ModuleList([nn.Conv2d(c, dc, 1) for c, dc in zip(w, d)])
+        self.reduce = nn.ModuleList([nn.Conv2d(d[i + 1], d[i], 1) for i in range(len(w) - 1)])
+        self.smooth = nn.ModuleList([conv_bn_relu(dc, dc) for dc in d[:-1]])
+        self.head = nn.Conv2d(d[0], 1, 1)
+
+    def forward(self, image: torch.Tensor, guidance: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.stem(image) + self.fusion(guidance))
+        feats = [x]
+        for stage in self.stages:
+            x = stage(x)
+            feats.append(x)
+        y = self.laterals[-1](feats[-1])
+        for i in range(len(feats) - 2, -1, -1):
+            y = F.interpolate(self.reduce[i](y), size=feats[i].shape[-2:], mode="bilinear", align_corners=False)
+            y = self.smooth[i](y + self.laterals[i](feats[i]))
+        logits = self.head(y)
+        return F.interpolate(logits, size=image.shape[-2:], mode="bilinear", align_corners=False)

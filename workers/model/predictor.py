@@ -1,0 +1,116 @@
+"""The learned click predictor: image + clicks (+ the previous prediction) -> full-size probability map.
+
+    predictor = load_predictor("base")           # or a checkpoint path
+    predictor.set_image(rgb)                     # H x W x 3 uint8
+    first = predictor.predict([Click(x, y, True)])
+    second = predictor.predict([Click(x, y, True), Click(x2, y2, False)], prev=first)
+
+The first click looks at the whole image resized to `long_side`; from the second click on (zoom-in) the network
+looks at a box around the previous mask and the positive clicks. Flip averaging runs the network on the mirrored
+frame too and averages the two probability maps.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from .checkpoint import BASE_CHECKPOINT, build_net, load_checkpoint
+from .clicks import Click
+from .guidance import guidance_maps
+from .network import ClickSegNet
+from .predictor_base import THRESHOLD, Predictor
+from .transforms import Frame, zoom_in_box
+
+MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255
+STD = np.array([0.229, 0.224, 0.225], np.float32) * 255
+
+
+@dataclass(frozen=True)
+class PredictorConfig:
+    long_side: int = 320  # the frame's longer side, in network pixels
+    zoom_in: bool = True
+    zoom_expand: float = 1.4
+    zoom_min_side: int = 200
+    flip: bool = False
+    keep_clicked_component: bool = True  # drop mask parts that touch no positive click
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def to_tensors(rgb: np.ndarray, guidance: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Network inputs from B x H x W x 3 uint8 frames and B x 4 x H x W guidance (channels_last)."""
+    image = torch.from_numpy((rgb.astype(np.float32) - MEAN) / STD).permute(0, 3, 1, 2)
+    g = torch.from_numpy(guidance)
+    return image.contiguous(memory_format=torch.channels_last), g.contiguous(memory_format=torch.channels_last)
+
+
+class ClickSegPredictor(Predictor):
+    name = "clickseg"
+
+    def __init__(self, net: ClickSegNet, config: PredictorConfig = PredictorConfig()):
+        super().__init__()
+        self.net = net.eval().to(memory_format=torch.channels_last)
+        self.config = config
+
+    def frame_for(self, clicks: list[Click], prev_prob: np.ndarray | None) -> Frame:
+        h, w = self.image.shape[:2]
+        box = (0, 0, w, h)
+        if self.config.zoom_in and len(clicks) > 1:
+            prev_mask = None if prev_prob is None else prev_prob > THRESHOLD
+            box = zoom_in_box(clicks, prev_mask, (h, w), self.config.zoom_expand, self.config.zoom_min_side)
+        return Frame.around(box, self.config.long_side)
+
+    @torch.inference_mode()
+    def _predict_prob(self, clicks: list[Click], prev_prob: np.ndarray | None) -> np.ndarray:
+        h, w = self.image.shape[:2]
+        frame = self.frame_for(clicks, prev_prob)
+        rgb = frame.crop(self.image)
+        fclicks = frame.clicks_in(clicks)
+        fprev = None if prev_prob is None else frame.crop(prev_prob)
+        guidance = guidance_maps(rgb, fclicks, fprev)
+        image_t, guidance_t = to_tensors(rgb[None], guidance[None])
+        if self.config.flip:
+            image_t = torch.cat([image_t, image_t.flip(-1)])
+            guidance_t = torch.cat([guidance_t, guidance_t.flip(-1)])
+        prob = torch.sigmoid(self.net(image_t, guidance_t))
+        if self.config.flip:
+            prob = (prob[:1] + prob[1:].flip(-1)) / 2
+        fprob = prob[0, 0].numpy()
+        if self.config.keep_clicked_component:
+            fprob = keep_clicked_components(fprob, fclicks)
+        canvas = np.zeros((h, w), np.float32) if prev_prob is None else prev_prob.astype(np.float32, copy=True)
+        return frame.paste(fprob, canvas)
+
+
+def keep_clicked_components(prob: np.ndarray, clicks: list[Click]) -> np.ndarray:
+    """Zero the parts of the mask (prob > THRESHOLD) that contain no positive click: a stray blob elsewhere in
+    the frame is never what the annotator pointed at."""
+    mask = (prob > THRESHOLD).astype(np.uint8)
+    n, labels = cv2.connectedComponents(mask, connectivity=8)
+    if n <= 2:
+        return prob
+    h, w = mask.shape
+    keep = np.zeros(n, bool)
+    for c in clicks:
+        if c.positive:
+            keep[labels[min(h - 1, max(0, int(round(c.y)))), min(w - 1, max(0, int(round(c.x))))]] = True
+    keep[0] = True  # background stays as it is
+    if not keep[1:].any():
+        return prob
+    out = prob.copy()
+    out[~keep[labels]] = np.minimum(out[~keep[labels]], THRESHOLD - 0.01)
+    return out
+
+
+def load_predictor(spec: str | Path = "base", **overrides) -> ClickSegPredictor:
+    """A predictor from the bundled model ("base") or a checkpoint path; keyword arguments override the
+    checkpoint's PredictorConfig (e.g. flip=True, zoom_in=False)."""
+    path = BASE_CHECKPOINT if str(spec) == "base" else Path(spec)
+    payload = load_checkpoint(path)
+    config = {**payload.get("predictor", {}), **overrides}
+    return ClickSegPredictor(build_net(payload), PredictorConfig(**config))

@@ -1,0 +1,160 @@
+"""The training loop, shared by base training and fine-tuning: simulated clicks, iterative training, NFL loss.
+
+Each batch: initial clicks from the sampler, then 0-3 passes of the network without gradients, each adding a
+corrective click on the largest error and feeding the prediction back as the previous mask; the loss is on the
+final pass only. Samples come from a generator running in worker processes so the network never waits for data.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from tqdm import tqdm
+
+from .checkpoint import build_net, load_checkpoint, save_checkpoint
+from .data import Sample, SampleGenerator
+from .guidance import colour_bins, guidance_maps
+from .loss import normalized_focal_loss
+from .network import ClickSegNet, NetConfig
+from .predictor import PredictorConfig, to_tensors
+from .sampler import corrective_click
+
+
+@dataclass
+class TrainConfig:
+    samples: int = 200_000  # length of the learning-rate schedule, in samples
+    batch_size: int = 8
+    size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_samples: int = 2_000
+    max_corrective_clicks: int = 3
+    threads: int = 1
+    bf16: bool = True  # bfloat16 autocast: about 1.7x faster steps on CPUs with AVX512-BF16, weights stay fp32
+    data_workers: int = 1
+    seed: int = 0
+    checkpoint_every_s: float = 300.0
+    net: dict = field(default_factory=lambda: NetConfig().to_dict())
+    predictor: dict = field(default_factory=lambda: PredictorConfig().to_dict())
+
+
+class _Samples(IterableDataset):
+    def __init__(self, generator: SampleGenerator, seed: int):
+        self.generator, self.seed = generator, seed
+
+    def __iter__(self):
+        info = get_worker_info()
+        rng = np.random.default_rng([self.seed, 0 if info is None else info.id, int(time.time())])
+        while True:
+            yield self.generator.sample(rng)
+
+
+def _lr_factor(seen: int, cfg: TrainConfig) -> float:
+    if seen < cfg.warmup_samples:
+        return max(seen / cfg.warmup_samples, 0.01)
+    t = min(1.0, (seen - cfg.warmup_samples) / max(1, cfg.samples - cfg.warmup_samples))
+    return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * t))
+
+
+def _forward(net: ClickSegNet, batch: list[Sample], bins: list[np.ndarray], prev: list[np.ndarray | None],
+             bf16: bool) -> torch.Tensor:
+    rgb = np.stack([s.rgb for s in batch])
+    guidance = np.stack([guidance_maps(s.rgb, s.clicks, p, b) for s, p, b in zip(batch, prev, bins)])
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        return net(*to_tensors(rgb, guidance)).float()
+
+
+def train_step(net, optimizer, batch: list[Sample], rng: np.random.Generator, cfg: TrainConfig) -> float:
+    """One iterative-training step on a batch; returns the loss. Clicks are appended to the samples in place."""
+    bins = [colour_bins(s.rgb) for s in batch]
+    prev: list[np.ndarray | None] = [None] * len(batch)
+    n_extra = int(rng.integers(cfg.max_corrective_clicks + 1))
+    if n_extra:
+        net.eval()
+        with torch.no_grad():
+            for _ in range(n_extra):
+                probs = torch.sigmoid(_forward(net, batch, bins, prev, cfg.bf16))[:, 0].numpy()
+                for i, s in enumerate(batch):
+                    prev[i] = probs[i]
+                    click = corrective_click(rng, probs[i] > 0.49, s.target)
+                    if click is not None:
+                        s.clicks.append(click)
+    net.train()
+    logits = _forward(net, batch, bins, prev, cfg.bf16)
+    target = torch.from_numpy(np.stack([s.target for s in batch])[:, None].astype(np.float32))
+    loss = normalized_focal_loss(logits, target)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+def train(
+    generator: SampleGenerator,
+    out: str | Path,
+    cfg: TrainConfig,
+    init: str | Path | None = None,
+    resume: bool = False,
+    on_checkpoint: Callable[[Path, dict], dict | None] | None = None,
+    progress: bool = True,
+) -> dict:
+    """Train and write checkpoints to `out` (the latest) every cfg.checkpoint_every_s and at the end.
+
+    `init`: start from these weights (fine-tuning, or continuing); with `resume` the schedule position and the
+    optimizer state saved in `init` are taken over too. `on_checkpoint(path, train_state)` may return metrics,
+    stored in the checkpoint. Returns the final train state.
+    """
+    torch.set_num_threads(cfg.threads)
+    out = Path(out)
+    payload = load_checkpoint(init) if init else None
+    net = build_net(payload) if payload else ClickSegNet(NetConfig.from_dict(cfg.net))
+    net = net.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    state = {"samples_seen": 0, "wall_time_s": 0.0, "steps": 0}
+    if payload and resume:
+        state.update({k: payload.get("train", {}).get(k, v) for k, v in state.items()})
+        if "optimizer" in payload:
+            optimizer.load_state_dict(payload["optimizer"])
+    rng = np.random.default_rng([cfg.seed, state["steps"]])
+    loader = DataLoader(_Samples(generator, cfg.seed + state["steps"]), batch_size=cfg.batch_size,
+                        num_workers=cfg.data_workers, collate_fn=list,
+                        persistent_workers=cfg.data_workers > 0, prefetch_factor=4 if cfg.data_workers else None)
+
+    def checkpoint() -> None:
+        fields = {"train": {**state, "config": asdict(cfg)}, "predictor": cfg.predictor,
+                  "optimizer": optimizer.state_dict()}
+        save_checkpoint(out, net, **fields)
+        metrics = on_checkpoint(out, dict(state)) if on_checkpoint else None
+        if metrics:
+            save_checkpoint(out, net, **fields, metrics=metrics)
+
+    bar = tqdm(total=cfg.samples, initial=state["samples_seen"], unit="sample", disable=not progress,
+               dynamic_ncols=True)
+    losses: list[float] = []
+    t_start, t_ckpt = time.perf_counter(), time.perf_counter()
+    wall0, seen0 = state["wall_time_s"], state["samples_seen"]
+    for batch in loader:
+        if state["samples_seen"] >= cfg.samples:
+            break
+        for group in optimizer.param_groups:
+            group["lr"] = cfg.lr * _lr_factor(state["samples_seen"], cfg)
+        losses.append(train_step(net, optimizer, batch, rng, cfg))
+        state["samples_seen"] += len(batch)
+        state["steps"] += 1
+        state["wall_time_s"] = wall0 + time.perf_counter() - t_start
+        state["loss"] = float(np.mean(losses[-50:]))
+        state["samples_per_s"] = (state["samples_seen"] - seen0) / max(1e-6, state["wall_time_s"] - wall0)
+        bar.update(len(batch))
+        bar.set_postfix(loss=f"{state['loss']:.4f}", sps=f"{state['samples_per_s']:.1f}")
+        if time.perf_counter() - t_ckpt > cfg.checkpoint_every_s:
+            checkpoint()
+            t_ckpt = time.perf_counter()
+    bar.close()
+    checkpoint()
+    return state
