@@ -1,0 +1,79 @@
+"""The learned predictor's contract: full-size outputs, zoom-in, flip, and clear errors for bad input.
+A randomly initialised small network is enough here: these tests are about shapes and conventions, not quality."""
+import numpy as np
+import pytest
+import torch
+
+from model_support import disk_scene
+from workers.model import Click, InvalidClicksError, InvalidImageError
+from workers.model.network import ClickSegNet, NetConfig
+from workers.model.predictor import ClickSegPredictor, PredictorConfig, keep_clicked_components
+
+
+@pytest.fixture(scope="module")
+def net():
+    torch.manual_seed(0)
+    return ClickSegNet(NetConfig(widths=(8, 16, 16, 24, 24), blocks=(1, 1, 1, 1), decoder_width=16))
+
+
+@pytest.mark.parametrize("shape, dtype", [
+    ((8, 8, 3), np.uint8), ((37, 53), np.uint8), ((60, 80, 4), np.uint8), ((60, 80, 1), np.uint8),
+    ((60, 80, 3), np.uint16), ((3000, 4000, 3), np.uint8),
+])
+def test_every_accepted_image_gives_full_size_outputs(net, shape, dtype):
+    image = np.random.default_rng(0).integers(0, 255, shape).astype(dtype)
+    p = ClickSegPredictor(net)
+    p.set_image(image)
+    h, w = shape[:2]
+    first = p.predict([Click(w // 2, h // 2, True)])
+    second = p.predict([Click(w // 2, h // 2, True), Click(0, 0, False)], prev=first)
+    for pred in (first, second):
+        assert pred.prob.shape == (h, w) and pred.prob.dtype == np.float32 and pred.mask.shape == (h, w)
+        assert np.array_equal(pred.mask, pred.prob > 0.49)
+        assert 0.0 <= pred.prob.min() and pred.prob.max() <= 1.0
+
+
+def test_zoom_in_looks_at_a_box_from_the_second_click(net):
+    rgb, mask = disk_scene(h=480, w=854, cx=300, cy=200, r=40)
+    p = ClickSegPredictor(net, PredictorConfig(long_side=320))
+    p.set_image(rgb)
+    clicks = [Click(300, 200, True)]
+    frame = p.frame_for(clicks, None)
+    assert (frame.x0, frame.y0, frame.x1, frame.y1) == (0, 0, 854, 480)
+    frame = p.frame_for(clicks + [Click(320, 210, True)], mask.astype(np.float32))
+    assert frame.x1 - frame.x0 == 200 and frame.y1 - frame.y0 == 200
+    assert frame.x0 <= 260 and frame.x1 >= 340
+    no_zoom = ClickSegPredictor(net, PredictorConfig(zoom_in=False))
+    no_zoom.set_image(rgb)
+    assert no_zoom.frame_for(clicks * 2, mask.astype(np.float32)).x1 == 854
+
+
+def test_flip_averaging_is_mirror_symmetric(net):
+    rgb, _ = disk_scene()
+    p = ClickSegPredictor(net, PredictorConfig(flip=True, keep_clicked_component=False))
+    p.set_image(rgb)
+    a = p.predict([Click(64, 48, True)]).prob
+    p.set_image(rgb[:, ::-1])
+    b = p.predict([Click(63, 48, True)]).prob
+    assert np.abs(a - b[:, ::-1]).max() < 0.05
+
+
+def test_stray_components_away_from_positive_clicks_are_dropped():
+    prob = np.zeros((50, 50), np.float32)
+    prob[5:15, 5:15] = 0.9
+    prob[30:45, 30:45] = 0.8
+    out = keep_clicked_components(prob, [Click(10, 10, True), Click(35, 35, False)])
+    assert (out[5:15, 5:15] == 0.9).all() and (out[30:45, 30:45] < 0.49).all()
+
+
+def test_bad_calls_raise_clear_errors(net):
+    p = ClickSegPredictor(net)
+    with pytest.raises(RuntimeError, match="set_image"):
+        p.predict([Click(1, 1, True)])
+    with pytest.raises(InvalidImageError):
+        p.set_image(np.zeros((5, 5, 3), np.uint8))
+    p.set_image(np.zeros((20, 30, 3), np.uint8))
+    with pytest.raises(InvalidClicksError, match="outside"):
+        p.predict([Click(30, 5, True)])
+    with pytest.raises(InvalidClicksError):
+        p.predict([])

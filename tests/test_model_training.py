@@ -1,0 +1,95 @@
+"""Training clicks, the loss, a tiny training run, checkpoints."""
+import numpy as np
+import torch
+
+from model_support import disk_scene
+from workers.model.checkpoint import build_net, load_checkpoint, save_checkpoint
+from workers.model.data import LoadedImage, SampleGenerator, _object
+from workers.model.loss import normalized_focal_loss
+from workers.model.network import ClickSegNet, NetConfig
+from workers.model.sampler import corrective_click, initial_clicks
+from workers.model.train import TrainConfig, train, train_step
+
+SMALL = NetConfig(widths=(8, 16, 16, 24, 24), blocks=(1, 1, 1, 1), decoder_width=16)
+
+
+def test_initial_clicks_start_positive_inside_and_put_negatives_outside():
+    _, mask = disk_scene()
+    others = np.zeros_like(mask)
+    others[:10, :10] = True
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        clicks = initial_clicks(rng, mask, others)
+        assert clicks[0].positive
+        for c in clicks:
+            assert mask[int(c.y), int(c.x)] == c.positive
+
+
+def test_corrective_click_goes_to_the_larger_error_with_its_sign():
+    _, mask = disk_scene()
+    rng = np.random.default_rng(0)
+    missed = mask.copy()
+    missed[:, 60:] = False  # right half of the disk missed: a positive click there
+    c = corrective_click(rng, missed, mask)
+    assert c.positive and c.x >= 60 and mask[int(c.y), int(c.x)]
+    spill = mask.copy()
+    spill[:, 100:] = True  # a band of background covered: a negative click there
+    c = corrective_click(rng, spill, mask)
+    assert not c.positive and c.x >= 100
+    assert corrective_click(rng, mask, mask) is None
+
+
+def test_normalized_focal_loss_is_lower_for_better_logits():
+    target = torch.zeros(2, 1, 8, 8)
+    target[:, :, 2:6, 2:6] = 1
+    good = (target * 2 - 1) * 4
+    assert normalized_focal_loss(good, target) < normalized_focal_loss(torch.zeros_like(good), target)
+    assert normalized_focal_loss(torch.zeros_like(good), target) < normalized_focal_loss(-good, target)
+
+
+def _generator(size=64):
+    images = []
+    for seed in range(6):
+        rgb, mask = disk_scene(seed=seed, cx=40 + 8 * seed, cy=45, r=14 + 2 * seed)
+        images.append(LoadedImage(rgb, [_object(mask)]))
+    return SampleGenerator([images], size=size)
+
+
+def test_a_tiny_training_run_lowers_the_loss():
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    gen = _generator()
+    net = ClickSegNet(SMALL).to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(net.parameters(), lr=3e-3)
+    cfg = TrainConfig(batch_size=8, size=64, bf16=False, max_corrective_clicks=1)
+    losses = [train_step(net, opt, [gen.sample(rng) for _ in range(8)], rng, cfg) for _ in range(60)]
+    assert np.mean(losses[-10:]) < 0.75 * np.mean(losses[:10])
+
+
+def test_training_writes_a_resumable_checkpoint(tmp_path):
+    gen = _generator()
+    cfg = TrainConfig(samples=32, batch_size=8, size=64, data_workers=0, net=SMALL.to_dict(), bf16=False)
+    out = tmp_path / "run.pt"
+    state = train(gen, out, cfg, progress=False)
+    assert state["samples_seen"] == 32
+    payload = load_checkpoint(out)
+    assert payload["train"]["samples_seen"] == 32 and "optimizer" in payload
+    cfg.samples = 48
+    state = train(gen, out, cfg, init=out, resume=True, progress=False)
+    assert state["samples_seen"] == 48 and state["steps"] == 6
+
+
+def test_checkpoint_round_trip_keeps_the_weights(tmp_path):
+    net = ClickSegNet(SMALL)
+    save_checkpoint(tmp_path / "a.pt", net, predictor={"long_side": 256})
+    payload = load_checkpoint(tmp_path / "a.pt")
+    again = build_net(payload)
+    for (k, v), (_, w) in zip(net.state_dict().items(), again.state_dict().items()):
+        assert torch.equal(v, w), k
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    try:
+        load_checkpoint(tmp_path / "junk.pt")
+    except Exception as exc:  # torch raises its own unpickling error type
+        assert "junk" in str(exc) or "checkpoint" in str(exc) or "pickle" in str(exc).lower()
+    else:
+        raise AssertionError("a junk file was accepted as a checkpoint")
