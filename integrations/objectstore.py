@@ -197,6 +197,7 @@ class S3Store(ObjectStore):
         self.client = client or boto3.session.Session().client("s3", endpoint_url=endpoint_url, config=config)
         # Files above one part go up in parts of this size, several at a time, and a failed part is retried alone.
         self.transfer = TransferConfig(multipart_threshold=part_size, multipart_chunksize=part_size)
+        self.page_size = 1000  # keys per listing request (S3's maximum); lowered by tests to check paging
 
     def __repr__(self) -> str:
         return f"S3Store(bucket={self.bucket!r}, prefix={self.prefix!r}, endpoint_url={self.endpoint_url!r})"
@@ -253,7 +254,9 @@ class S3Store(ObjectStore):
         base = f"{self.prefix}/" if self.prefix else ""
         keys = []
         with self._errors(None):
-            pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=base + prefix)
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=base + prefix, PaginationConfig={"PageSize": self.page_size}
+            )
             for page in pages:
                 keys.extend(item["Key"][len(base):] for item in page.get("Contents", []))
         return sorted(keys)

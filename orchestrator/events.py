@@ -190,7 +190,9 @@ def parse_annotation(body: dict) -> ParsedAnnotation:
                                        label[:NAME_LENGTH] if label else None, encode(mask)))
     task = body.get("task")
     if isinstance(task, dict):
-        parsed.task_id = parsed.task_id if parsed.task_id is not None else task.get("id")
+        task_id = task.get("id")
+        if parsed.task_id is None and isinstance(task_id, int) and not isinstance(task_id, bool):
+            parsed.task_id = task_id
         parsed.image_uri = image_uri(task, brushes, body)
     if parsed.masks and parsed.image_uri is None:
         raise Rejected("masks given but no image URI found in task.data")

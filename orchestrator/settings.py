@@ -40,7 +40,8 @@ class Settings:
             value = env.get(name, "").strip()
             return value or None
 
-        data_dir = Path(get("CLICKMASK_DATA_DIR") or "~/.clickmask").expanduser()
+        # Absolute from the start, so the same settings mean the same files whatever the working directory.
+        data_dir = Path(get("CLICKMASK_DATA_DIR") or "~/.clickmask").expanduser().absolute()
         database_url = get("CLICKMASK_DATABASE_URL") or f"sqlite:///{data_dir / 'clickmask.db'}"
         try:
             make_url(database_url)

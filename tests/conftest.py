@@ -121,7 +121,7 @@ def aws_env(monkeypatch, tmp_path):
 
 
 @pytest.fixture
-def s3_bucket(moto_endpoint, aws_env, request) -> str:
+def s3_bucket(moto_endpoint, aws_env) -> str:
     import uuid
 
     import boto3

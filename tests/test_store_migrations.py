@@ -1,5 +1,7 @@
 """Migrations up and down on SQLite and PostgreSQL, the models checked against them, and the `clickmask db` command."""
 import os
+import subprocess
+import sys
 
 import pytest
 from alembic import command
@@ -110,6 +112,16 @@ def test_cli_upgrade_current_downgrade_from_another_directory(database_url, monk
     assert "current: none" in capsys.readouterr().out
     assert not (TABLES & tables(database_url)[0])
     assert os.listdir(elsewhere) == []  # no alembic.ini or database file dropped into the working directory
+
+
+def test_installed_command_finds_its_migrations_from_any_directory(tmp_path):
+    # As a user runs it: a separate process, another working directory, only the environment variable set.
+    env = dict(os.environ, CLICKMASK_DATABASE_URL=f"sqlite:///{tmp_path / 'data' / 'c.db'}")
+    result = subprocess.run([sys.executable, "-m", "orchestrator.cli", "db", "upgrade"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "current: 0001" in result.stdout
+    assert TABLES <= tables(env["CLICKMASK_DATABASE_URL"])[0]
 
 
 def test_cli_unknown_revision_is_a_clear_error(tmp_path, monkeypatch, capsys):

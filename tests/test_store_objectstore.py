@@ -146,6 +146,15 @@ def test_prefixes_keep_stores_apart(s3_bucket, moto_endpoint):
     assert boto3.client("s3", endpoint_url=moto_endpoint).list_objects_v2(Bucket=s3_bucket)["KeyCount"] == 1
 
 
+def test_listing_follows_pages(s3_bucket, moto_endpoint):
+    store = S3Store(s3_bucket, prefix="p", endpoint_url=moto_endpoint)
+    store.page_size = 2
+    keys = [f"exports/{i:02d}.json" for i in range(7)]
+    for key in keys:
+        store.put(key, b"{}")
+    assert store.list("exports/") == keys
+
+
 def test_missing_bucket_is_a_clear_error(moto_endpoint, aws_env):
     store = S3Store(f"absent-{uuid.uuid4().hex[:8]}", endpoint_url=moto_endpoint)
     with pytest.raises(ObjectStoreError, match="does not exist"):

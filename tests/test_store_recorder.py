@@ -1,6 +1,5 @@
 """Recording clicks off the request path, on SQLite and PostgreSQL: nothing lost on a clean stop, drops counted
 and logged when the database is down, never a blocked caller."""
-import logging
 import time
 from datetime import datetime, timedelta, timezone
 
@@ -10,7 +9,7 @@ from sqlalchemy import create_engine, func, select, text
 
 from orchestrator.db import Click, Image, InteractionSession, ModelVersion, PredictedMask, make_engine
 from orchestrator.db import make_session_factory
-from orchestrator.masks import decode, encode
+from orchestrator.masks import CocoRle, decode, encode
 from orchestrator.recorder import ClickRecord, Recorder
 
 T0 = datetime(2026, 11, 25, 8, 0, tzinfo=timezone.utc)
@@ -31,6 +30,10 @@ def click(i: int, session: str = "s-1", image: str = "s3://bucket/a.png", with_m
     )
     values.update(changes)
     return ClickRecord(**values)
+
+
+def stored_rle(mask) -> CocoRle:
+    return CocoRle(mask.rle_counts, mask.height, mask.width, mask.area)
 
 
 def count(session_factory, model) -> int:
@@ -58,16 +61,10 @@ def test_clicks_and_masks_are_recorded(session_factory):
             if i == 4:
                 assert row.mask is None
                 continue
-            assert np.array_equal(decode(encode_row(row.mask)), mask_for(i))
+            assert np.array_equal(decode(stored_rle(row.mask)), mask_for(i))
             assert (row.mask.score, row.mask.latency_ms) == (pytest.approx(0.5 + i / 1000), 30.0 + i)
         first = session.scalars(select(InteractionSession).where(InteractionSession.key == "s-0")).one()
         assert (first.annotator, first.label, first.started_at) == ("ann@example.com", "Cat", T0)
-
-
-def encode_row(mask):
-    from orchestrator.masks import CocoRle
-
-    return CocoRle(mask.rle_counts, mask.height, mask.width, mask.area)
 
 
 def test_clean_stop_writes_everything_still_queued(session_factory):
@@ -151,10 +148,10 @@ def test_database_outage_is_a_counted_logged_drop_not_a_blocked_caller(unreachab
 
 @pytest.mark.postgres
 def test_recording_survives_lost_connections(postgres_database):
-    from store_support import create_schema, drop_schema
-
     from alembic import command
+
     from migrations import alembic_config
+    from store_support import create_schema, drop_schema
 
     url = create_schema(postgres_database)
     command.upgrade(alembic_config(url.render_as_string(hide_password=False)), "head")

@@ -20,6 +20,11 @@ def test_data_dir_defaults_to_home(monkeypatch, tmp_path):
     assert settings.database_url.endswith(str(Path(".clickmask") / "clickmask.db"))
 
 
+def test_relative_data_dir_is_made_absolute(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    assert Settings.from_env({"CLICKMASK_DATA_DIR": "data"}).data_dir == tmp_path / "data"
+
+
 def test_variables_override_defaults():
     settings = Settings.from_env(
         {
