@@ -23,7 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--workers", type=int, default=1, help="data worker processes")
     p.add_argument("--holdout-every", type=int, default=20,
-                   help="leave every Nth image of each folder out of training (0: none)")
+                   help="leave every Nth image of each folder out of training, for validation with "
+                        "`clickmask evaluate --every N` (0: none)")
     p.add_argument("--checkpoint-every", type=float, default=300.0, help="seconds between checkpoints")
     p.add_argument("--no-bf16", action="store_true", help="train in float32")
     p.add_argument("--seed", type=int, default=0)
@@ -40,9 +41,7 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"--resume: no checkpoint at {args.out}")
     folders = []
     for d in args.data:
-        images = load_folder(d)
-        if args.holdout_every:
-            images = [im for i, im in enumerate(images) if i % args.holdout_every != 0]
+        images = load_folder(d, holdout_every=args.holdout_every)
         print(f"{d}: {len(images)} training images, {sum(len(im.objects) for im in images)} objects")
         folders.append(images)
     cfg = TrainConfig(samples=args.samples, batch_size=args.batch_size, lr=args.lr, size=args.size,

@@ -53,10 +53,16 @@ def _object(mask: np.ndarray) -> ObjectMask:
     return ObjectMask((int(x0), int(y0), int(x1), int(y1)), mask[y0:y1, x0:x1].copy())
 
 
-def load_folder(root: str | Path, min_area: int = 400, progress: bool = True) -> list[LoadedImage]:
-    """Every image of a dataset folder with its masks of at least `min_area` pixels."""
+def load_folder(root: str | Path, min_area: int = 400, holdout_every: int = 0, progress: bool = True
+                ) -> list[LoadedImage]:
+    """The images of a dataset folder with their masks of at least `min_area` pixels. With `holdout_every` N, every
+    Nth image in name order (the first included) is left out: the images that `evaluator.evaluate(every=N)` takes,
+    so a run can be validated on images it never trained on."""
+    entries = scan(root)
+    if holdout_every:
+        entries = [e for i, e in enumerate(entries) if i % holdout_every != 0]
     out = []
-    for entry in tqdm(scan(root), desc=f"loading {Path(root).name}", disable=not progress, leave=False):
+    for entry in tqdm(entries, desc=f"loading {Path(root).name}", disable=not progress, leave=False):
         objects = [_object(m) for m in map(read_mask, entry.mask_paths) if m.sum() >= min_area]
         if objects:
             out.append(LoadedImage(read_image(entry.image_path), objects))
