@@ -12,6 +12,7 @@ Run: nice -n 10 .venv/bin/python tests/bench_recording.py
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -58,13 +59,14 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
 
 
-def overhead(session_factory, clicks: int, rate: float) -> dict:
+def overhead(session_factory, clicks: int, rate: float, first: int) -> tuple[list[float], list[float]]:
+    """Per-click caller time (ms) for the whole recording path, and for queueing alone."""
     masks = [blob_mask(i) for i in range(64)]
     total, queue_only = [], []
     recorder = Recorder(session_factory).start()
     interval = 1.0 / rate
     next_at = time.perf_counter()
-    for i in range(clicks):
+    for i in range(first, first + clicks):
         next_at += interval
         mask = masks[i % len(masks)]
         t0 = time.perf_counter_ns()
@@ -80,10 +82,12 @@ def overhead(session_factory, clicks: int, rate: float) -> dict:
             time.sleep(pause)
     status = recorder.stop()
     assert status.dropped == 0 and status.recorded == clicks, status
-    return {
-        "median_ms": statistics.median(total), "p95_ms": percentile(total, 95), "max_ms": max(total),
-        "queue_median_ms": statistics.median(queue_only), "queue_p95_ms": percentile(queue_only, 95),
-    }
+    return total, queue_only
+
+
+def summary(values: list[float]) -> str:
+    return (f"median {statistics.median(values):.3f} ms, p95 {percentile(values, 95):.3f} ms, "
+            f"max {max(values):.3f} ms")
 
 
 def bulk(session_factory, clicks: int, first: int) -> dict:
@@ -111,12 +115,17 @@ def run_on(name: str, url: str, args) -> None:
     engine = make_engine(url)
     try:
         factory = make_session_factory(engine)
-        o = overhead(factory, args.clicks, args.rate)
-        print(f"{name:10s} per-click overhead over {args.clicks} clicks at {args.rate:g}/s: "
-              f"median {o['median_ms']:.3f} ms, p95 {o['p95_ms']:.3f} ms, max {o['max_ms']:.3f} ms "
-              f"(queueing alone: median {o['queue_median_ms']:.4f} ms, p95 {o['queue_p95_ms']:.4f} ms)", flush=True)
-        for round_ in range(1, args.bulk_rounds + 1):
-            b = bulk(factory, args.bulk, first=args.clicks + round_ * args.bulk)
+        pooled, pooled_queue = [], []
+        for round_ in range(1, args.rounds + 1):
+            total, queue_only = overhead(factory, args.clicks, args.rate, first=round_ * 10**6)
+            pooled += total
+            pooled_queue += queue_only
+            print(f"{name:10s} overhead round {round_}: {args.clicks} clicks at {args.rate:g}/s: {summary(total)}",
+                  flush=True)
+        print(f"{name:10s} overhead, all {len(pooled)} clicks: {summary(pooled)} "
+              f"(of which queueing: {summary(pooled_queue)})", flush=True)
+        for round_ in range(1, args.rounds + 1):
+            b = bulk(factory, args.bulk, first=(args.rounds + round_) * 10**6)
             print(f"{name:10s} bulk round {round_}: {args.bulk} clicks with {H}x{W} masks in {b['seconds']:.2f} s "
                   f"= {b['clicks_per_s']:.0f} clicks/s", flush=True)
     finally:
@@ -125,13 +134,14 @@ def run_on(name: str, url: str, args) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--clicks", type=int, default=3000, help="clicks timed for the overhead figure")
+    parser.add_argument("--clicks", type=int, default=2000, help="clicks timed per overhead round")
     parser.add_argument("--rate", type=float, default=200.0, help="clicks per second during the overhead run")
     parser.add_argument("--bulk", type=int, default=20000, help="clicks per bulk round")
-    parser.add_argument("--bulk-rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of each measurement")
     parser.add_argument("--databases", default="sqlite,postgresql")
     args = parser.parse_args()
-    print(f"clickmask recording benchmark, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC", flush=True)
+    print(f"clickmask recording benchmark, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, "
+          f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs", flush=True)
     for name in args.databases.split(","):
         if name == "sqlite":
             with tempfile.TemporaryDirectory() as tmp:
