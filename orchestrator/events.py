@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import partial
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -68,11 +69,11 @@ def handle_event(session_factory: sessionmaker[Session], body: object) -> Outcom
         if action in (CREATED, UPDATED):
             project = parse_project(body)
             parsed = parse_annotation(body)
-            apply = lambda session: apply_annotation(session, project, parsed)  # noqa: E731
+            apply = partial(apply_annotation, project_in=project, parsed=parsed)
         elif action == DELETED:
             project = parse_project(body)
             ids = parse_deleted_ids(body)
-            apply = lambda session: apply_deletions(session, project, ids)  # noqa: E731
+            apply = partial(apply_deletions, project_in=project, ids=ids)
         elif action in OTHER_ACTIONS:
             return finish(Outcome("ignored", "not an annotation event", action))
         else:
