@@ -99,3 +99,21 @@ class ClickSegNet(nn.Module):
             y = self.smooth[i](y + self.laterals[i](feats[i]))
         logits = self.head(y)
         return F.interpolate(logits, size=image.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def fuse_for_inference(net: ClickSegNet) -> ClickSegNet:
+    """Fold every BatchNorm into the convolution before it (eval mode only): the same function, fewer passes
+    over memory. Returns the same module, changed in place."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    net.eval()
+    for module in net.modules():
+        if isinstance(module, nn.Sequential):
+            for i in range(len(module) - 1):
+                if isinstance(module[i], nn.Conv2d) and isinstance(module[i + 1], nn.BatchNorm2d):
+                    module[i] = fuse_conv_bn_eval(module[i], module[i + 1])
+                    module[i + 1] = nn.Identity()
+        elif isinstance(module, ResidualBlock) and isinstance(module.bn2, nn.BatchNorm2d):
+            module.conv2 = fuse_conv_bn_eval(module.conv2, module.bn2)
+            module.bn2 = nn.Identity()
+    return net

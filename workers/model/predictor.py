@@ -21,7 +21,7 @@ import torch
 from .checkpoint import BASE_CHECKPOINT, build_net, load_checkpoint
 from .clicks import Click
 from .guidance import guidance_maps
-from .network import ClickSegNet
+from .network import ClickSegNet, fuse_for_inference
 from .predictor_base import THRESHOLD, Predictor
 from .transforms import Frame, zoom_in_box
 
@@ -36,6 +36,7 @@ class PredictorConfig:
     zoom_expand: float = 1.4
     zoom_min_side: int = 200
     flip: bool = False
+    bf16: bool = True  # bfloat16 convolutions where the CPU has them (AVX512-BF16, AMX); see README figures
     keep_clicked_component: bool = True  # drop mask parts that touch no positive click
 
     def to_dict(self) -> dict:
@@ -54,7 +55,7 @@ class ClickSegPredictor(Predictor):
 
     def __init__(self, net: ClickSegNet, config: PredictorConfig = PredictorConfig()):
         super().__init__()
-        self.net = net.eval().to(memory_format=torch.channels_last)
+        self.net = fuse_for_inference(net).to(memory_format=torch.channels_last)
         self.config = config
 
     def frame_for(self, clicks: list[Click], prev_prob: np.ndarray | None) -> Frame:
@@ -77,7 +78,8 @@ class ClickSegPredictor(Predictor):
         if self.config.flip:
             image_t = torch.cat([image_t, image_t.flip(-1)])
             guidance_t = torch.cat([guidance_t, guidance_t.flip(-1)])
-        prob = torch.sigmoid(self.net(image_t, guidance_t))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.config.bf16):
+            prob = torch.sigmoid(self.net(image_t, guidance_t).float())
         if self.config.flip:
             prob = (prob[:1] + prob[1:].flip(-1)) / 2
         fprob = prob[0, 0].numpy()
