@@ -28,7 +28,10 @@ def encode(mask: np.ndarray) -> CocoRle:
     """H x W mask (bool or 0/non-zero) to COCO RLE."""
     if mask.ndim != 2:
         raise MaskError(f"a mask must be H x W, not {mask.shape}")
-    rle = coco_mask.encode(np.asfortranarray(mask != 0, dtype=np.uint8))
+    # Runs are counted between differing values, so anything but 0/1 must be normalized first; a bool mask is
+    # already 0/1 bytes and only needs the column-major copy (this runs on the request path: keep it to one pass).
+    binary = mask.view(np.uint8) if mask.dtype == np.bool_ else (mask != 0).view(np.uint8)
+    rle = coco_mask.encode(np.asfortranarray(binary))
     return CocoRle(rle["counts"].decode("ascii"), mask.shape[0], mask.shape[1], int(coco_mask.area(rle)))
 
 

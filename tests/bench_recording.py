@@ -59,11 +59,14 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
 
 
-def overhead(session_factory, clicks: int, rate: float, first: int) -> tuple[list[float], list[float]]:
-    """Per-click caller time (ms) for the whole recording path, and for queueing alone."""
+def overhead(session_factory, clicks: int, rate: float, first: int, write: bool = True):
+    """Per-click caller time (ms) for the whole recording path, and for queueing alone. With write=False nothing
+    is queued and no writer runs: the same loop then shows how much of the figure is this machine's own noise."""
     masks = [blob_mask(i) for i in range(64)]
     total, queue_only = [], []
-    recorder = Recorder(session_factory).start()
+    recorder = Recorder(session_factory, queue_size=clicks + 1)
+    if write:
+        recorder.start()
     interval = 1.0 / rate
     next_at = time.perf_counter()
     for i in range(first, first + clicks):
@@ -73,15 +76,17 @@ def overhead(session_factory, clicks: int, rate: float, first: int) -> tuple[lis
         rle = encode(mask)
         record = make_click(i, rle)
         t1 = time.perf_counter_ns()
-        recorder.record(record)
+        if write:
+            recorder.record(record)
         t2 = time.perf_counter_ns()
         total.append((t2 - t0) / 1e6)
         queue_only.append((t2 - t1) / 1e6)
         pause = next_at - time.perf_counter()
         if pause > 0:
             time.sleep(pause)
-    status = recorder.stop()
-    assert status.dropped == 0 and status.recorded == clicks, status
+    if write:
+        status = recorder.stop()
+        assert status.dropped == 0 and status.recorded == clicks, status
     return total, queue_only
 
 
@@ -115,6 +120,9 @@ def run_on(name: str, url: str, args) -> None:
     engine = make_engine(url)
     try:
         factory = make_session_factory(engine)
+        baseline, _ = overhead(factory, args.clicks, args.rate, first=0, write=False)
+        print(f"{name:10s} baseline (mask encoding and record built, nothing queued or written): "
+              f"{summary(baseline)}", flush=True)
         pooled, pooled_queue = [], []
         for round_ in range(1, args.rounds + 1):
             total, queue_only = overhead(factory, args.clicks, args.rate, first=round_ * 10**6)
