@@ -1,0 +1,84 @@
+"""`clickmask serve`: start (or join) Ray, deploy the backend, print what to paste into Label Studio."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+LABEL_CONFIG = """<View>
+  <Image name="image" value="$image" zoom="true"/>
+  <BrushLabels name="tag" toName="image"><Label value="Object" background="#FF0000"/></BrushLabels>
+  <KeyPointLabels name="kp" toName="image" smart="true"><Label value="Object" smart="true" background="#000000" showInline="true"/></KeyPointLabels>
+  <RectangleLabels name="rect" toName="image" smart="true"><Label value="Object" smart="true" background="#000000" showInline="true"/></RectangleLabels>
+</View>"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="serve the Label Studio ML backend on Ray Serve",
+                       description="Starts a local Ray (or joins RAY_ADDRESS), deploys the backend and keeps "
+                                   "serving until interrupted. Settings: CLICKMASK_* variables (see README).")
+    p.add_argument("--host", default=os.environ.get("CLICKMASK_HOST", "127.0.0.1"),
+                   help="address to listen on (default 127.0.0.1; 0.0.0.0 to reach it from other machines)")
+    p.add_argument("--port", type=int, default=int(os.environ.get("CLICKMASK_PORT", "9090")))
+    p.add_argument("--model", default=os.environ.get("CLICKMASK_MODEL", "base"),
+                   help="checkpoint to serve: base (bundled) or a path")
+    p.add_argument("--replicas", type=int, default=int(os.environ.get("CLICKMASK_REPLICAS", "1")))
+    p.add_argument("--max-replicas", type=int, default=int(os.environ.get("CLICKMASK_MAX_REPLICAS", "0")),
+                   help="autoscale up to this many replicas under load (default: fixed --replicas)")
+    p.add_argument("--gpus-per-replica", type=float,
+                   default=float(os.environ.get("CLICKMASK_GPUS_PER_REPLICA", "0")))
+    p.add_argument("--no-db", action="store_true", help="do not record clicks and annotations")
+    p.set_defaults(handler=run)
+
+
+def serve_config(args: argparse.Namespace):
+    from integrations.images import ImageSettings
+    from orchestrator.serving.app import ServeConfig
+    from orchestrator.settings import Settings
+
+    settings = Settings.from_env()
+    user, password = os.environ.get("CLICKMASK_BASIC_AUTH_USER"), os.environ.get("CLICKMASK_BASIC_AUTH_PASSWORD")
+    if bool(user) != bool(password):
+        raise SystemExit("set both CLICKMASK_BASIC_AUTH_USER and CLICKMASK_BASIC_AUTH_PASSWORD, or neither")
+    return settings, ServeConfig(
+        checkpoint=args.model, model_version="base" if args.model == "base" else os.path.basename(args.model),
+        replicas=args.replicas, max_replicas=args.max_replicas or None, gpus_per_replica=args.gpus_per_replica,
+        images=ImageSettings.from_env(), database_url=None if args.no_db else settings.database_url,
+        basic_auth=(user, password) if user else None,
+    )
+
+
+def migrate(database_url: str) -> None:
+    from alembic import command
+
+    from migrations import alembic_config
+
+    command.upgrade(alembic_config(database_url), "head")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ray import serve
+
+    from orchestrator.ray_runtime import start_ray
+    from orchestrator.serving.app import APP_NAME, build_app
+
+    settings, config = serve_config(args)
+    if config.database_url:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        migrate(config.database_url)
+    start_ray()
+    serve.start(http_options={"host": args.host, "port": args.port})
+    serve.run(build_app(config), name=APP_NAME, route_prefix="/")
+    shown = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
+    print(f"\nclickmask is serving model {config.model_version} at http://{shown}:{args.port}")
+    print("In Label Studio: Settings > Model > Connect Model, URL as above, Interactive preannotations on.")
+    print("Labeling config for smart clicks:\n" + LABEL_CONFIG + "\n", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print("stopping", file=sys.stderr)
+    finally:
+        serve.shutdown()
+    return 0

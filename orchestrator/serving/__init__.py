@@ -1,0 +1,1 @@
+"""The Ray Serve application: the Label Studio ingress in front of the model replicas."""

@@ -1,0 +1,42 @@
+"""Assembly of the Ray Serve application: the ingress bound to the model deployment."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from integrations.images import ImageSettings
+from workers.serving import ClickModel
+
+from .ingress import Backend, IngressOptions
+
+APP_NAME = "clickmask"
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    checkpoint: str = "base"  # "base" (the bundled model) or a checkpoint path visible to every replica
+    model_version: str = "base"
+    replicas: int = 1
+    max_replicas: int | None = None  # with a maximum above `replicas`, Ray Serve autoscales between the two
+    target_ongoing_requests: float = 2.0
+    gpus_per_replica: float = 0.0
+    images: ImageSettings = field(default_factory=ImageSettings)
+    database_url: str | None = None
+    basic_auth: tuple[str, str] | None = field(default=None, repr=False)
+
+
+def build_app(config: ServeConfig):
+    """The bound application, ready for serve.run."""
+    model_options: dict = {
+        "user_config": {"checkpoint": config.checkpoint, "version": config.model_version},
+        "ray_actor_options": {"num_cpus": 0 if config.gpus_per_replica else 1, "num_gpus": config.gpus_per_replica},
+    }
+    if config.max_replicas and config.max_replicas > config.replicas:
+        model_options["autoscaling_config"] = {
+            "min_replicas": config.replicas, "max_replicas": config.max_replicas,
+            "target_ongoing_requests": config.target_ongoing_requests,
+        }
+    else:
+        model_options["num_replicas"] = config.replicas
+    model = ClickModel.options(**model_options).bind(config.checkpoint, config.model_version)
+    options = IngressOptions(images=config.images, database_url=config.database_url, basic_auth=config.basic_auth)
+    return Backend.bind(model, options, config.model_version)

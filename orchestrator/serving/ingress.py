@@ -1,0 +1,206 @@
+"""The HTTP face of the backend: the Label Studio ML backend protocol, as a Ray Serve ingress deployment.
+
+Flow of an interactive request: parse and validate the body (integrations.label_studio.protocol), then for each
+object ask a model replica (workers.serving.ClickModel) for a mask, sending the decoded image only when that
+replica does not hold it yet, encode the masks as brush RLE, and hand each answered click to the recorder, which
+writes it to the database off the request path. Blocking work (image fetching, RLE, database) runs in threads,
+never on the event loop.
+"""
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import cv2
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from integrations.images import ImageFetcher, ImageFetchError, ImageSettings
+from integrations.label_studio import protocol
+from integrations.label_studio.errors import ProtocolError
+from workers.model.errors import InvalidInputError
+from workers.serving import SegmentRequest, SegmentResult
+
+log = logging.getLogger(__name__)
+app = FastAPI(title="clickmask", docs_url=None, redoc_url=None, openapi_url=None)
+
+
+@dataclass(frozen=True)
+class IngressOptions:
+    """What the ingress needs to know, passed explicitly (Ray workers on a cluster do not share our environment)."""
+
+    images: ImageSettings
+    database_url: str | None = None
+    basic_auth: tuple[str, str] | None = field(default=None, repr=False)
+    max_body_bytes: int = protocol.MAX_BODY_BYTES
+
+
+def image_key(uri: str) -> str:
+    return hashlib.sha256(uri.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+def project_id(project: str) -> int | None:
+    """Label Studio sends "<id>.<created unix time>"."""
+    head = project.split(".", 1)[0]
+    return int(head) if head.isdigit() else None
+
+
+@serve.deployment(name="Backend", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=64)
+@serve.ingress(app)
+class Backend:
+    def __init__(self, model: DeploymentHandle, options: IngressOptions, model_version: str = "base"):
+        self.model = model
+        self.options = options
+        self.model_version = model_version
+        self.fetcher = ImageFetcher(options.images)
+        self.recorder = None
+        self.session_factory = None
+        if options.database_url:
+            from orchestrator.db.engine import make_engine, make_session_factory
+            from orchestrator.recorder import Recorder
+
+            self.session_factory = make_session_factory(make_engine(options.database_url))
+            self.recorder = Recorder(self.session_factory).start()
+
+    def __del__(self):
+        if self.recorder is not None:
+            self.recorder.stop()
+
+    # ------------------------------------------------------------------------------------------------ plumbing
+
+    def _unauthorized(self, request: Request) -> JSONResponse | None:
+        if self.options.basic_auth is None:
+            return None
+        user, password = self.options.basic_auth
+        expected = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+        given = request.headers.get("authorization", "")
+        if hmac.compare_digest(given.encode(), expected.encode()):
+            return None
+        return JSONResponse({"errors": ["authentication required"]}, status_code=401,
+                            headers={"WWW-Authenticate": 'Basic realm="clickmask"'})
+
+    async def _body(self, request: Request) -> dict:
+        raw = bytearray()
+        async for chunk in request.stream():
+            raw += chunk
+            if len(raw) > self.options.max_body_bytes:
+                raise ProtocolError(f"request body larger than {self.options.max_body_bytes} bytes")
+        return protocol.load_json(bytes(raw), self.options.max_body_bytes)
+
+    # ---------------------------------------------------------------------------------------------- endpoints
+
+    @app.get("/health")
+    async def health(self) -> dict:
+        return protocol.health_response()
+
+    @app.post("/setup")
+    async def setup(self, request: Request):
+        if denied := self._unauthorized(request):
+            return denied
+        try:
+            protocol.parse_setup(await self._body(request))
+        except ProtocolError as exc:
+            return JSONResponse(protocol.error_response(str(exc)), status_code=400)
+        return protocol.setup_response(self.model_version)
+
+    @app.get("/versions")
+    async def versions(self, request: Request):
+        if denied := self._unauthorized(request):
+            return denied
+        return protocol.versions_response([self.model_version])
+
+    @app.post("/predict")
+    async def predict(self, request: Request):
+        if denied := self._unauthorized(request):
+            return denied
+        try:
+            parsed = protocol.parse_predict(await self._body(request))
+        except ProtocolError as exc:
+            return JSONResponse(protocol.error_response(str(exc)), status_code=400)
+        if not parsed.interactive:
+            # Nothing to segment without clicks: an empty prediction per task keeps Label Studio's batch flow going.
+            return protocol.predict_response(
+                [protocol.prediction([], 0.0, self.model_version) for _ in parsed.tasks])
+        try:
+            return await self._interactive(parsed)
+        except (ProtocolError, ImageFetchError, InvalidInputError) as exc:
+            return protocol.error_response(str(exc))
+        except Exception:
+            log.exception("interactive prediction failed")
+            return JSONResponse(protocol.error_response("internal error while predicting"), status_code=500)
+
+    async def _interactive(self, parsed: protocol.PredictRequest) -> dict:
+        task = parsed.tasks[0]
+        key = image_key(task.image_uri)
+        image = None
+        results, scores = [], []
+        for obj in parsed.objects:
+            clicks = list(obj.clicks) or _box_clicks(obj.box)
+            t0 = time.perf_counter()
+            handle = self.model.options(multiplexed_model_id=key)
+            answer: SegmentResult | None = await handle.segment.remote(SegmentRequest(key, obj.key, clicks))
+            if answer is None:  # that replica does not hold the image yet
+                image = image if image is not None else await asyncio.to_thread(self.fetcher.fetch, task.image_uri)
+                scaled = obj.scaled_to(image.shape[1], image.shape[0])
+                clicks = list(scaled.clicks) or _box_clicks(scaled.box)
+                answer = await handle.segment.remote(SegmentRequest(key, obj.key, clicks), image)
+            total_ms = (time.perf_counter() - t0) * 1000
+            mask = answer.mask()
+            if mask.shape != (obj.height, obj.width):  # answer at the size Label Studio knows the image by
+                mask = cv2.resize(mask.astype(np.uint8), (obj.width, obj.height), interpolation=cv2.INTER_NEAREST) > 0
+            results.append(await asyncio.to_thread(protocol.brush_result, mask, parsed.config, obj.brush_label,
+                                                   answer.score))
+            scores.append(answer.score)
+            self._record(parsed, task, obj, clicks, answer, mask, total_ms)
+        return protocol.predict_response(
+            [protocol.prediction(results, float(np.mean(scores)) if scores else 0.0, self.model_version)])
+
+    def _record(self, parsed, task, obj, clicks, answer: SegmentResult, mask: np.ndarray, total_ms: float):
+        if self.recorder is None or not clicks:
+            return
+        from orchestrator.masks import encode
+        from orchestrator.recorder import ClickRecord
+
+        pid = project_id(parsed.project)
+        if pid is None:
+            return
+        last = clicks[-1]
+        self.recorder.record(ClickRecord(
+            project=pid, image_uri=task.image_uri, image_width=obj.width, image_height=obj.height,
+            session_key=obj.key, seq=len(clicks), x=float(last.x), y=float(last.y), positive=last.positive,
+            clicked_at=datetime.now(timezone.utc), mask=encode(mask), score=answer.score, latency_ms=total_ms,
+            model_version=answer.model_version, label=obj.label,
+        ))
+
+    @app.post("/webhook")
+    async def webhook(self, request: Request):
+        if denied := self._unauthorized(request):
+            return denied
+        try:
+            body = await self._body(request)
+        except ProtocolError as exc:
+            return JSONResponse(protocol.error_response(str(exc)), status_code=400)
+        if self.session_factory is None:
+            return {"status": "ignored", "reason": "no database configured"}
+        from orchestrator.events import handle_event
+
+        outcome = await asyncio.to_thread(handle_event, self.session_factory, body)
+        return {"status": outcome.status, "reason": outcome.reason}
+
+
+def _box_clicks(box) -> list:
+    """A smart rectangle alone: one positive click at its centre."""
+    from workers.model import Click
+
+    if box is None:
+        raise ProtocolError("the object has neither a smart keypoint nor a smart rectangle")
+    x0, y0, x1, y1 = box
+    return [Click((x0 + x1) / 2, (y0 + y1) / 2, True)]
