@@ -129,3 +129,31 @@ def s3_bucket(moto_endpoint, aws_env) -> str:
     name = f"clickmask-{uuid.uuid4().hex[:12]}"
     boto3.client("s3", endpoint_url=moto_endpoint).create_bucket(Bucket=name)
     return name
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Label Studio edge (owned by the Label Studio / image-fetching work; ls_support.py has the details).
+# One real Label Studio 1.23.2 per test run, installed once into a cached virtual environment outside the repo,
+# on a free loopback port with a throwaway data directory; stopped at the end of the run.
+
+
+@pytest.fixture(scope="session")
+def label_studio(tmp_path_factory):
+    from ls_support import LabelStudio, ensure_installed
+
+    try:
+        executable = ensure_installed()
+    except Exception as exc:  # a harness that cannot run is a failure, never a skip
+        pytest.fail(f"Label Studio could not be installed: {exc}", pytrace=False)
+    studio = LabelStudio.start(executable, tmp_path_factory.mktemp("label-studio"))
+    yield studio
+    studio.stop()
+
+
+@pytest.fixture
+def ls_project(label_studio):
+    """A fresh project with the standard smart-click config and one eval image: (project id, its tasks)."""
+    from ls_support import STANDARD_CONFIG, eval_images
+
+    project_id = label_studio.create_project(STANDARD_CONFIG)
+    return project_id, label_studio.upload_images(project_id, eval_images(1))

@@ -1,0 +1,127 @@
+"""The parts of a Label Studio label config that click segmentation needs.
+
+The config XML comes with every request, so it is untrusted: it is parsed with defusedxml (no DOCTYPE, no entity,
+no external reference) after a size check, and only tag names and a few attributes are read. Expected shape (the
+standard config in shared/label_studio/PROTOCOL.md):
+
+    <Image name="image" value="$image"/>                       -> image_name "image", image_key "image"
+    <BrushLabels name="tag" toName="image"><Label value=.../>  -> the control the answers are written to
+    <KeyPointLabels name="kp" toName="image" smart="true">     -> smart clicks (any number of such controls)
+    <RectangleLabels name="rect" toName="image" smart="true">  -> smart boxes (any number of such controls)
+"""
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from xml.etree.ElementTree import Element
+
+import defusedxml.ElementTree as safe_xml
+from defusedxml import DefusedXmlException
+
+from .errors import LabelConfigError
+
+MAX_CONFIG_CHARS = 200_000
+MAX_ELEMENTS = 5_000
+KEYPOINTS = "keypointlabels"  # region "type" values, as Label Studio writes them
+RECTANGLES = "rectanglelabels"
+_SMART_TAGS = {"KeyPointLabels": KEYPOINTS, "RectangleLabels": RECTANGLES}
+
+
+@dataclass(frozen=True)
+class Control:
+    """A labels control: its name, the object tag it points to (toName), the label values in config order."""
+
+    name: str
+    to_name: str
+    labels: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class LabelingConfig:
+    image_name: str  # the Image tag's name: to_name of every result
+    image_key: str  # the task.data key of the image URL ("$image" -> "image")
+    brush: Control  # from_name of every answer
+    smart: Mapping[str, tuple[str, Control]]  # smart control name -> (region type, control); read-only
+
+    def smart_control(self, name: str, region_type: str) -> Control:
+        """The smart control a context region names; LabelConfigError unless it exists with that type."""
+        found = self.smart.get(name)
+        if found is None or found[0] != region_type:
+            raise LabelConfigError(f"no smart {region_type} control named {name!r} in the label config")
+        return found[1]
+
+    def brush_label(self, label: str) -> str:
+        """The BrushLabels label for a smart region's label: the same name, or the only brush label there is."""
+        if label in self.brush.labels:
+            return label
+        if len(self.brush.labels) == 1:
+            return self.brush.labels[0]
+        raise LabelConfigError(
+            f"label {label!r} has no BrushLabels counterpart in {self.brush.name!r} "
+            f"(labels there: {', '.join(self.brush.labels)})"
+        )
+
+
+def _attr(element: Element, name: str) -> str:
+    value = element.get(name)
+    if not value or not value.strip():
+        raise LabelConfigError(f"<{element.tag}> needs a non-empty {name!r} attribute")
+    return value.strip()
+
+
+def _control(element: Element) -> Control:
+    labels = tuple(_attr(child, "value") for child in element if child.tag == "Label")
+    if not labels:
+        raise LabelConfigError(f"<{element.tag} name={element.get('name')!r}> has no <Label value=...>")
+    return Control(_attr(element, "name"), _attr(element, "toName"), labels)
+
+
+def parse_label_config(xml: str) -> LabelingConfig:
+    """Parse a label config; LabelConfigError with a plain message for anything unusable."""
+    if not isinstance(xml, str) or not xml.strip():
+        raise LabelConfigError("the label config is missing or empty")
+    if len(xml) > MAX_CONFIG_CHARS:
+        raise LabelConfigError(f"the label config is longer than {MAX_CONFIG_CHARS} characters")
+    return _parse(xml)
+
+
+@functools.lru_cache(maxsize=64)  # the same config arrives with every request; results are immutable
+def _parse(xml: str) -> LabelingConfig:
+    try:
+        root = safe_xml.fromstring(xml, forbid_dtd=True, forbid_entities=True, forbid_external=True)
+    except DefusedXmlException:
+        raise LabelConfigError("the label config may not use DOCTYPE, entities or external references") from None
+    except safe_xml.ParseError as exc:
+        raise LabelConfigError(f"the label config is not well-formed XML ({exc})") from None
+    elements = list(root.iter())
+    if len(elements) > MAX_ELEMENTS:
+        raise LabelConfigError(f"the label config has more than {MAX_ELEMENTS} elements")
+
+    images = {_attr(e, "name"): _attr(e, "value") for e in elements if e.tag == "Image"}
+    brushes = [_control(e) for e in elements if e.tag == "BrushLabels"]
+    smart = {}
+    for e in elements:
+        if e.tag in _SMART_TAGS and e.get("smart", "").strip().lower() == "true":
+            control = _control(e)
+            smart[control.name] = (_SMART_TAGS[e.tag], control)
+
+    if not brushes:
+        raise LabelConfigError("the label config has no <BrushLabels> control to write masks to")
+    if len(brushes) > 1:
+        raise LabelConfigError("the label config has more than one <BrushLabels> control; exactly one is supported")
+    brush = brushes[0]
+    if brush.to_name not in images:
+        raise LabelConfigError(f"<BrushLabels name={brush.name!r}> points to {brush.to_name!r}, which is no <Image>")
+    if not smart:
+        raise LabelConfigError('the label config has no smart <KeyPointLabels> or <RectangleLabels> (smart="true")')
+    for kind, control in smart.values():
+        if control.to_name != brush.to_name:
+            raise LabelConfigError(
+                f"smart control {control.name!r} points to {control.to_name!r}, not to the brush's {brush.to_name!r}"
+            )
+    value = images[brush.to_name]
+    if not value.startswith("$") or len(value) < 2:
+        raise LabelConfigError(f"<Image name={brush.to_name!r}> value must be a task variable like '$image'")
+    return LabelingConfig(image_name=brush.to_name, image_key=value[1:], brush=brush, smart=MappingProxyType(smart))

@@ -1,0 +1,322 @@
+"""Requests from Label Studio into plain dataclasses, and the answers it expects back.
+
+Conventions: region coordinates arrive in percent of the image (0-100); everything here hands out image pixels at
+the size Label Studio reports (original_width x original_height), x the column and y the row, as workers.model's
+Click. Bodies are untrusted: every field read is checked and any problem raises ProtocolError with a message that is
+safe to show. Only what is needed is read: the task's previous predictions, drafts and annotations (full brush RLE)
+are never walked.
+
+Objects: in an interactive request, the smart regions of one label form one object (Label Studio sends all smart
+regions of the same type and label on the image, so each request carries the object's whole click history). Each
+object gets a `key` for per-object state that stays the same as clicks are added (it is built from the object's
+first region id, which the annotator's browser generates) and differs between projects, tasks, users and labels.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import secrets
+from dataclasses import dataclass
+
+import numpy as np
+
+from workers.model.clicks import Click
+
+from .errors import ProtocolError
+from .labeling_config import KEYPOINTS, RECTANGLES, LabelingConfig, parse_label_config
+
+MAX_BODY_BYTES = 64 * 1024 * 1024  # interactive bodies carry every earlier prediction's RLE: generous, bounded
+MAX_TASKS = 10_000
+MAX_REGIONS = 1_000  # smart regions in one interactive context
+MAX_SIDE = 100_000  # sanity bound on original_width/height; the real pixel cap is the image fetcher's
+MAX_URI_CHARS = 8_192
+MAX_ID_CHARS = 256
+EDGE_SLACK = 1e-3  # percent: Label Studio's own float arithmetic can land a hair outside 0-100
+
+
+@dataclass(frozen=True)
+class Task:
+    id: int
+    image_uri: str  # unresolved, as in task.data: "/data/upload/...", "s3://...", "http(s)://..."
+
+
+@dataclass(frozen=True)
+class SmartObject:
+    """The object to segment: clicks in request order, an optional box, sizes in pixels at width x height."""
+
+    key: str  # per-object state key (hex digest), see the module docstring
+    label: str  # the smart region's label
+    brush_label: str  # the BrushLabels label the answer carries
+    width: int  # original_width, original_height: the image's natural size as Label Studio knows it
+    height: int
+    clicks: tuple[Click, ...]  # from smart keypoints; may be empty when a box is given
+    box: tuple[float, float, float, float] | None  # (x0, y0, x1, y1) from the newest smart rectangle
+    region_ids: tuple[str, ...]  # ids of the smart regions, in request order
+
+    def prompt_clicks(self) -> tuple[Click, ...]:
+        """The click history for a predictor: a box counts as a positive click at its centre, placed first (the
+        box was drawn before any keypoint refining it), then the keypoints in request order."""
+        if self.box is None:
+            return self.clicks
+        x0, y0, x1, y1 = self.box
+        centre = Click(min((x0 + x1) / 2, self.width - 1), min((y0 + y1) / 2, self.height - 1), True)
+        return (centre, *self.clicks)
+
+    def scaled_to(self, width: int, height: int) -> SmartObject:
+        """The same object at another image size (when the decoded image differs from what Label Studio said)."""
+        sx, sy = width / self.width, height / self.height
+        clicks = tuple(Click(min(c.x * sx, width - 1), min(c.y * sy, height - 1), c.positive) for c in self.clicks)
+        box = None if self.box is None else (self.box[0] * sx, self.box[1] * sy, self.box[2] * sx, self.box[3] * sy)
+        return SmartObject(self.key, self.label, self.brush_label, width, height, clicks, box, self.region_ids)
+
+
+@dataclass(frozen=True)
+class PredictRequest:
+    project: str  # as sent: "<id>.<created unix time>"
+    config: LabelingConfig
+    tasks: tuple[Task, ...]
+    interactive: bool  # params.context was given (then there is exactly one task)
+    objects: tuple[SmartObject, ...]  # interactive only, in order of each object's first region
+
+
+@dataclass(frozen=True)
+class SetupRequest:
+    project: str
+    config: LabelingConfig
+
+
+# ---------------------------------------------------------------------------------------------------- parsing
+
+
+def load_json(raw: bytes | str, limit: int = MAX_BODY_BYTES) -> dict:
+    """A request body as a JSON object; ProtocolError for oversize, non-JSON, too-deep or non-object bodies."""
+    if len(raw) > limit:
+        raise ProtocolError(f"request body larger than {limit} bytes")
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError; nesting bombs hit recursion
+        raise ProtocolError("request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise ProtocolError("request body must be a JSON object")
+    return body
+
+
+_KIND_NAMES = {int: "an integer", float: "a number", str: "a string", list: "a list", dict: "a JSON object",
+               bool: "a boolean"}
+
+
+def _get(obj, key: str, kind, where: str, optional: bool = False):
+    if not isinstance(obj, dict):
+        raise ProtocolError(f"{where} must be a JSON object")
+    value = obj.get(key)
+    if value is None and optional:
+        return None
+    if kind is int and isinstance(value, bool):  # bool is an int subclass in Python, not in JSON
+        value = None
+    if not isinstance(value, kind):
+        names = _KIND_NAMES[kind] if isinstance(kind, type) else "a number"
+        raise ProtocolError(f"{where}.{key} is missing or not {names}")
+    return value
+
+
+def _number(obj: dict, key: str, where: str) -> float:
+    value = _get(obj, key, (int, float), where)
+    if isinstance(value, bool) or not math.isfinite(value):
+        raise ProtocolError(f"{where}.{key} must be a finite number")
+    return float(value)
+
+
+def _percent(obj: dict, key: str, where: str) -> float:
+    value = _number(obj, key, where)
+    if not -EDGE_SLACK <= value <= 100 + EDGE_SLACK:
+        raise ProtocolError(f"{where}.{key} = {value} lies outside 0-100 %")
+    return min(max(value, 0.0), 100.0)
+
+
+def _project(body: dict) -> str:
+    project = body.get("project")
+    if isinstance(project, int) and not isinstance(project, bool):
+        project = str(project)
+    if not isinstance(project, str) or not project or len(project) > MAX_ID_CHARS:
+        raise ProtocolError("body.project is missing or not a project id")
+    return project
+
+
+def parse_setup(body: dict) -> SetupRequest:
+    """POST /setup: {"project": "<id>.<ts>", "schema": label config XML, ...}."""
+    return SetupRequest(_project(body), parse_label_config(_get(body, "schema", str, "body")))
+
+
+def _task(task: dict, config: LabelingConfig, where: str) -> Task:
+    task_id = _get(task, "id", int, where)
+    uri = _get(_get(task, "data", dict, where), config.image_key, str, f"{where}.data")
+    if not uri.strip() or len(uri) > MAX_URI_CHARS:
+        raise ProtocolError(f"{where}.data.{config.image_key} must be an image URL of at most {MAX_URI_CHARS} chars")
+    return Task(task_id, uri.strip())
+
+
+def parse_predict(body: dict) -> PredictRequest:
+    """POST /predict, batch (params.context null) or interactive (params.context.result = smart regions)."""
+    project = _project(body)
+    config = parse_label_config(_get(body, "label_config", str, "body"))
+    tasks_json = _get(body, "tasks", list, "body")
+    if not tasks_json:
+        raise ProtocolError("body.tasks is empty")
+    if len(tasks_json) > MAX_TASKS:
+        raise ProtocolError(f"body.tasks has more than {MAX_TASKS} tasks")
+    tasks = tuple(_task(t, config, f"tasks[{i}]") for i, t in enumerate(tasks_json))
+    params = _get(body, "params", dict, "body", optional=True) or {}
+    context = _get(params, "context", dict, "params", optional=True)
+    if context is None:
+        return PredictRequest(project, config, tasks, False, ())
+    if len(tasks) != 1:
+        raise ProtocolError("an interactive request must carry exactly one task")
+    regions = _get(context, "result", list, "params.context")
+    if not regions:
+        raise ProtocolError("params.context.result has no smart region")
+    if len(regions) > MAX_REGIONS:
+        raise ProtocolError(f"params.context.result has more than {MAX_REGIONS} regions")
+    user = _user(body, params)
+    objects = _objects(regions, config, f"{project}\x00{tasks[0].id}\x00{user}")
+    return PredictRequest(project, config, tasks, True, objects)
+
+
+def _user(body: dict, params: dict) -> str:
+    """The requesting user when the body names one (Label Studio 1.23.2 does not; region ids keep users apart)."""
+    for source in (params, body):
+        user = source.get("user")
+        if isinstance(user, dict):
+            user = user.get("id")
+        if isinstance(user, (int, str)) and not isinstance(user, bool) and len(str(user)) <= MAX_ID_CHARS:
+            return str(user)
+    return ""
+
+
+@dataclass
+class _Region:
+    id: str
+    type: str
+    label: str
+    width: int
+    height: int
+    value: dict
+    positive: bool
+
+
+def _region(region: dict, config: LabelingConfig, where: str) -> _Region:
+    region_type = _get(region, "type", str, where)
+    if region_type not in (KEYPOINTS, RECTANGLES):
+        raise ProtocolError(f"{where}.type {region_type!r} is not a smart keypoint or rectangle")
+    control = config.smart_control(_get(region, "from_name", str, where), region_type)
+    to_name = _get(region, "to_name", str, where)
+    if to_name != config.image_name:
+        raise ProtocolError(f"{where}.to_name {to_name!r} is not the image {config.image_name!r}")
+    region_id = _get(region, "id", str, where)
+    if not region_id or len(region_id) > MAX_ID_CHARS:
+        raise ProtocolError(f"{where}.id must be a non-empty string of at most {MAX_ID_CHARS} characters")
+    size = []
+    for key in ("original_width", "original_height"):
+        side = _get(region, key, int, where)
+        if not 1 <= side <= MAX_SIDE:
+            raise ProtocolError(f"{where}.{key} = {side} is not between 1 and {MAX_SIDE}")
+        size.append(side)
+    if _get(region, "image_rotation", (int, float), where, optional=True) not in (None, 0):
+        raise ProtocolError(f"{where}: rotated images are not supported (image_rotation must be 0)")
+    value = _get(region, "value", dict, where)
+    labels = _get(value, region_type, list, f"{where}.value")
+    if len(labels) != 1 or not isinstance(labels[0], str):
+        raise ProtocolError(f"{where}.value.{region_type} must hold exactly one label")
+    if labels[0] not in control.labels:
+        raise ProtocolError(f"{where}: unknown label {labels[0]!r} for control {control.name!r}")
+    positive = _get(region, "is_positive", bool, where, optional=True)
+    return _Region(region_id, region_type, labels[0], size[0], size[1], value, positive is not False)
+
+
+def _objects(regions: list, config: LabelingConfig, scope: str) -> tuple[SmartObject, ...]:
+    grouped: dict[str, list[_Region]] = {}
+    for i, raw in enumerate(regions):
+        region = _region(raw, config, f"params.context.result[{i}]")
+        grouped.setdefault(region.label, []).append(region)
+    return tuple(_object(label, group, config, scope) for label, group in grouped.items())
+
+
+def _object(label: str, group: list[_Region], config: LabelingConfig, scope: str) -> SmartObject:
+    width, height = group[0].width, group[0].height
+    if any((r.width, r.height) != (width, height) for r in group):
+        raise ProtocolError(f"the smart regions labelled {label!r} disagree on the image size")
+    clicks, box = [], None
+    for i, r in enumerate(group):
+        where = f"smart region {r.id!r}"
+        x, y = _percent(r.value, "x", where), _percent(r.value, "y", where)
+        if r.type == KEYPOINTS:
+            # 100 % is the image's far edge: keep the click on the last pixel so it stays inside the image.
+            clicks.append(Click(min(x * width / 100, width - 1), min(y * height / 100, height - 1), r.positive))
+            continue
+        w, h = _percent(r.value, "width", where), _percent(r.value, "height", where)
+        if w <= 0 or h <= 0 or x + w > 100 + EDGE_SLACK or y + h > 100 + EDGE_SLACK:
+            raise ProtocolError(f"{where}: the rectangle is empty or reaches outside the image")
+        if _get(r.value, "rotation", (int, float), where, optional=True) not in (None, 0):
+            raise ProtocolError(f"{where}: rotated rectangles are not supported")
+        # The newest rectangle wins: an annotator who redraws the box means the new one.
+        box = (x * width / 100, y * height / 100, min(x + w, 100) * width / 100, min(y + h, 100) * height / 100)
+    if box is None and not any(c.positive for c in clicks):
+        raise ProtocolError(f"the object labelled {label!r} needs a positive click (or a box) first")
+    key_source = "\x00".join((scope, label, group[0].id))
+    key = hashlib.sha256(key_source.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+    return SmartObject(key, label, config.brush_label(label), width, height, tuple(clicks), box,
+                       tuple(r.id for r in group))
+
+
+# --------------------------------------------------------------------------------------------------- answers
+
+
+def brush_result(mask: np.ndarray, config: LabelingConfig, label: str, score: float | None = None) -> dict:
+    """One brush region for Label Studio. mask: H x W (the image's natural size), bool or 0/1 or 0/255; it is
+    sent as 0/255 (0/1 would decode but render nearly invisible). `label` is a BrushLabels label."""
+    from label_studio_sdk.converter.brush import mask2rle
+
+    if mask.ndim != 2 or mask.size == 0:
+        raise ValueError(f"mask must be a non-empty H x W array, got shape {mask.shape}")
+    height, width = mask.shape
+    result = {
+        "id": secrets.token_hex(5),
+        "type": "brushlabels",
+        "from_name": config.brush.name,
+        "to_name": config.image_name,
+        "original_width": int(width),
+        "original_height": int(height),
+        "image_rotation": 0,
+        "value": {"format": "rle", "rle": mask2rle(np.where(mask > 0, 255, 0).astype(np.uint8)),
+                  "brushlabels": [label]},
+    }
+    if score is not None:
+        result["score"] = float(score)
+    return result
+
+
+def prediction(results: list[dict], score: float, model_version: str) -> dict:
+    """One task's entry of `results`: its regions, an overall score and the model version of /setup."""
+    return {"result": results, "score": float(score), "model_version": model_version}
+
+
+def predict_response(predictions: list[dict]) -> dict:
+    """The /predict answer: one prediction per task, in the order of body.tasks."""
+    return {"results": predictions}
+
+
+def error_response(*messages: str) -> dict:
+    """What Label Studio shows the annotator; send it with HTTP 200 to interactive calls (PROTOCOL.md)."""
+    return {"errors": [str(m) for m in messages]}
+
+
+def setup_response(model_version: str) -> dict:
+    return {"model_version": model_version}
+
+
+def health_response(model_class: str = "clickmask") -> dict:
+    return {"status": "UP", "model_class": model_class}
+
+
+def versions_response(versions: list[str]) -> dict:
+    return {"versions": list(versions)}
