@@ -22,11 +22,24 @@ from .predictor_base import THRESHOLD, Predictor
 class GrabCutPredictor(Predictor):
     name = "grabcut"
 
-    def __init__(self, box_fraction: float = 0.3, seed_radius: int = 5, iterations: int = 5) -> None:
-        """`box_fraction`: half the side of the first box, as a fraction of the image's longer side (a 0.3 box
-        spans 60% of it, clipped to the image); `seed_radius`: radius in pixels of the hard seed disks."""
+    def __init__(
+        self,
+        box_fraction: float = 0.25,
+        box_growth: float = 1.5,
+        box_steps: int = 4,
+        touch_fraction: float = 0.05,
+        seed_radius: int = 5,
+        iterations: int = 5,
+    ) -> None:
+        """`box_fraction`: half the side of the first box around the first click, as a fraction of the image's
+        longer side (0.25 spans half of it, clipped to the image); `box_growth`, `box_steps`, `touch_fraction`: the
+        box grows by that factor, at most `box_steps - 1` times, while the segment covers more than that fraction
+        of one of its inner sides (see _from_box); `seed_radius`: radius in pixels of the hard seed disks."""
         super().__init__()
         self.box_fraction = box_fraction
+        self.box_growth = box_growth
+        self.box_steps = box_steps
+        self.touch_fraction = touch_fraction
         self.seed_radius = seed_radius
         self.iterations = iterations
         self._bgr: np.ndarray | None = None
@@ -36,34 +49,56 @@ class GrabCutPredictor(Predictor):
         # GrabCut's colour models do not care about channel order, but keep OpenCV's own to avoid surprises.
         self._bgr = np.ascontiguousarray(self.image[:, :, ::-1])
 
-    def _initial_labels(self, clicks: list[Click], prev_prob: np.ndarray | None) -> np.ndarray:
-        h, w = self.image.shape[:2]
-        if prev_prob is not None and (prev_prob > THRESHOLD).any():
-            return np.where(prev_prob > THRESHOLD, cv2.GC_PR_FGD, cv2.GC_PR_BGD).astype(np.uint8)
-        labels = np.full((h, w), cv2.GC_BGD, np.uint8)
-        half = self.box_fraction * max(h, w)
-        xs = [c.x for c in clicks if c.positive]
-        ys = [c.y for c in clicks if c.positive]
-        x0, x1 = int(max(0, min(xs) - half)), int(min(w, max(xs) + half + 1))
-        y0, y1 = int(max(0, min(ys) - half)), int(min(h, max(ys) + half + 1))
-        labels[y0:y1, x0:x1] = cv2.GC_PR_FGD
-        return labels
-
-    def _predict_prob(self, clicks: list[Click], prev_prob: np.ndarray | None) -> np.ndarray:
-        h, w = self.image.shape[:2]
-        labels = self._initial_labels(clicks, prev_prob)
+    def _grabcut(self, labels: np.ndarray, clicks: list[Click]) -> np.ndarray:
+        """Seed `labels` (H x W uint8 of cv2.GC_* values) with the click disks, run GrabCut, and return the H x W
+        bool object mask restricted to the parts holding a positive click."""
+        h, w = labels.shape
         for c in clicks:
             cv2.circle(labels, _pixel(c, h, w), self.seed_radius,
                        int(cv2.GC_FGD if c.positive else cv2.GC_BGD), thickness=-1)
         # GrabCut needs samples of both classes to fit its two colour models; with none of one it would raise.
-        fg_any = np.isin(labels, (cv2.GC_FGD, cv2.GC_PR_FGD)).any()
-        bg_any = np.isin(labels, (cv2.GC_BGD, cv2.GC_PR_BGD)).any()
-        if fg_any and bg_any:
+        if np.isin(labels, (cv2.GC_FGD, cv2.GC_PR_FGD)).any() and np.isin(labels, (cv2.GC_BGD, cv2.GC_PR_BGD)).any():
+            # Its k-means initialisation draws from OpenCV's global generator: seed it so answers are repeatable.
+            cv2.setRNGSeed(0)
             bgd_model = np.zeros((1, 65), np.float64)
             fgd_model = np.zeros((1, 65), np.float64)
             cv2.grabCut(self._bgr, labels, None, bgd_model, fgd_model, self.iterations, cv2.GC_INIT_WITH_MASK)
-        fg = np.isin(labels, (cv2.GC_FGD, cv2.GC_PR_FGD)).astype(np.uint8)
-        return keep_clicked_parts(fg, clicks).astype(np.float32)
+        return keep_clicked_parts(np.isin(labels, (cv2.GC_FGD, cv2.GC_PR_FGD)), clicks)
+
+    def _from_box(self, clicks: list[Click]) -> np.ndarray:
+        """First answer, from a box around the positive clicks that grows while the segment touches its sides.
+
+        A click says where the object is, not how big it is. Start with a box of `box_fraction` of the image's
+        longer side (inside it "probably object", outside it background); while the segment reaches an inner
+        side of the box (one that is not the image border) the object is larger than the box: enlarge the box by
+        `box_growth` and run again from the segment found so far ("probably object" in the segment, "probably
+        background" in the rest of the new box), at most `box_steps` boxes in all.
+        """
+        h, w = self.image.shape[:2]
+        xs = [c.x for c in clicks if c.positive]
+        ys = [c.y for c in clicks if c.positive]
+        half = self.box_fraction * max(h, w)
+        mask = None
+        for _ in range(self.box_steps):
+            x0, x1 = int(max(0, min(xs) - half)), int(min(w, max(xs) + half + 1))
+            y0, y1 = int(max(0, min(ys) - half)), int(min(h, max(ys) + half + 1))
+            labels = np.full((h, w), cv2.GC_BGD, np.uint8)
+            labels[y0:y1, x0:x1] = cv2.GC_PR_FGD if mask is None else cv2.GC_PR_BGD
+            if mask is not None:
+                labels[mask] = cv2.GC_PR_FGD
+            mask = self._grabcut(labels, clicks)
+            inner_sides = [mask[y0, x0:x1] if y0 > 0 else None, mask[y1 - 1, x0:x1] if y1 < h else None,
+                           mask[y0:y1, x0] if x0 > 0 else None, mask[y0:y1, x1 - 1] if x1 < w else None]
+            if not any(side is not None and side.mean() > self.touch_fraction for side in inner_sides):
+                break
+            half *= self.box_growth
+        return mask
+
+    def _predict_prob(self, clicks: list[Click], prev_prob: np.ndarray | None) -> np.ndarray:
+        if prev_prob is None or not (prev_prob > THRESHOLD).any():
+            return self._from_box(clicks).astype(np.float32)
+        labels = np.where(prev_prob > THRESHOLD, cv2.GC_PR_FGD, cv2.GC_PR_BGD).astype(np.uint8)
+        return self._grabcut(labels, clicks).astype(np.float32)
 
 
 def _pixel(c: Click, h: int, w: int) -> tuple[int, int]:
