@@ -19,6 +19,42 @@ class SettingsError(ValueError):
 
 
 @dataclass(frozen=True)
+class FinetuneSettings:
+    """Fine-tuning triggers and job size (CLICKMASK_FINETUNE_*). A trigger of 0 is off; the Label Studio button
+    and `clickmask finetune` work whatever these say."""
+
+    every_annotations: int = 50  # a job after this many new submitted annotations in a project
+    every_minutes: float = 60.0  # a job when a project has new annotations and its last job is this old
+    samples: int = 3000  # training samples per job (iterative clicks, as in base training)
+    lr: float = 2e-4  # peak learning rate (cosine schedule, short warm-up); base training uses 1e-3
+    val_percent: int = 20  # share of a project's images kept for validating the candidate
+    eval_objects: int = 80  # validation objects evaluated per version, spread over the validation images
+    timeout_minutes: float = 30.0  # a job running longer is cancelled and marked failed
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> FinetuneSettings:
+        def number(name: str, default, kind, low=0):
+            raw = env.get(f"CLICKMASK_FINETUNE_{name}", "").strip()
+            try:
+                value = kind(raw) if raw else default
+            except ValueError:
+                raise SettingsError(f"CLICKMASK_FINETUNE_{name} must be a number, not {raw!r}") from None
+            if value < low:
+                raise SettingsError(f"CLICKMASK_FINETUNE_{name} must be at least {low}")
+            return value
+
+        return cls(
+            every_annotations=number("EVERY_ANNOTATIONS", cls.every_annotations, int),
+            every_minutes=number("EVERY_MINUTES", cls.every_minutes, float),
+            samples=number("SAMPLES", cls.samples, int, 1),
+            lr=number("LR", cls.lr, float, 1e-9),
+            val_percent=min(90, number("VAL_PERCENT", cls.val_percent, int, 1)),
+            eval_objects=number("EVAL_OBJECTS", cls.eval_objects, int, 1),
+            timeout_minutes=number("TIMEOUT_MINUTES", cls.timeout_minutes, float, 0.1),
+        )
+
+
+@dataclass(frozen=True)
 class Settings:
     data_dir: Path
     # repr=False: a database URL may carry a password, and settings end up in logs.
@@ -26,6 +62,7 @@ class Settings:
     store_url: str
     s3_endpoint_url: str | None = None
     recorder_queue_size: int = 10_000
+    finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
 
     @property
     def database_url_safe(self) -> str:
@@ -61,4 +98,5 @@ class Settings:
             store_url=store_url,
             s3_endpoint_url=get("CLICKMASK_S3_ENDPOINT_URL"),
             recorder_queue_size=recorder_queue_size,
+            finetune=FinetuneSettings.from_env(env),
         )

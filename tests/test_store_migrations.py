@@ -33,6 +33,9 @@ INDEXES = {
 }
 
 
+HEAD = "0002"  # the latest revision
+
+
 def tables(url):
     engine = make_engine(url)
     try:
@@ -71,7 +74,7 @@ def test_upgrade_creates_every_table_and_index_and_downgrade_removes_them(databa
             indexed = [index["column_names"] for index in inspector.get_indexes(table)]
             assert columns in indexed, f"{table} has no index on {columns}: {indexed}"
     engine.dispose()
-    assert revision(database_url) == "0001"
+    assert revision(database_url) == HEAD
 
     command.downgrade(config, "base")
     names, _ = tables(database_url)
@@ -105,7 +108,7 @@ def test_cli_upgrade_current_downgrade_from_another_directory(database_url, monk
     assert "current: none" in capsys.readouterr().out
 
     assert main(["db", "upgrade"]) == 0
-    assert "current: 0001" in capsys.readouterr().out
+    assert f"current: {HEAD}" in capsys.readouterr().out
     assert TABLES <= tables(database_url)[0]
 
     assert main(["db", "downgrade", "base"]) == 0
@@ -120,7 +123,7 @@ def test_installed_command_finds_its_migrations_from_any_directory(tmp_path):
     result = subprocess.run([sys.executable, "-m", "orchestrator.cli", "db", "upgrade"], cwd=tmp_path, env=env,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    assert "current: 0001" in result.stdout
+    assert f"current: {HEAD}" in result.stdout
     assert TABLES <= tables(env["CLICKMASK_DATABASE_URL"])[0]
 
 
@@ -142,3 +145,24 @@ def test_cli_unreachable_database_is_a_clear_error_without_password(monkeypatch,
 def test_downgrade_needs_a_revision():
     with pytest.raises(SystemExit):
         main(["db", "downgrade"])
+
+
+def test_the_database_refuses_a_second_queued_or_running_job_of_a_project(migrated_url):
+    from sqlalchemy.exc import IntegrityError
+
+    from orchestrator.db import Project, TrainingJob, make_session_factory
+
+    engine = make_engine(migrated_url)
+    factory = make_session_factory(engine)
+    with factory.begin() as s:
+        a, b = Project(ls_project_id=1), Project(ls_project_id=2)
+        s.add_all([a, b])
+        s.flush()
+        s.add_all([TrainingJob(project_id=a.id, state="queued"), TrainingJob(project_id=a.id, state="running"),
+                   TrainingJob(project_id=b.id, state="queued"), TrainingJob(project_id=a.id, state="failed"),
+                   TrainingJob(project_id=a.id, state="failed")])
+    for state in ("queued", "running"):
+        with pytest.raises(IntegrityError):
+            with factory.begin() as s:
+                s.add(TrainingJob(project_id=a.id, state=state))
+    engine.dispose()

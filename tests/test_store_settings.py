@@ -64,3 +64,14 @@ def test_settings_are_frozen():
 def test_bad_values_name_the_variable(env, variable):
     with pytest.raises(SettingsError, match=variable):
         Settings.from_env(env)
+
+
+def test_finetune_settings_have_defaults_and_read_their_variables():
+    from orchestrator.settings import FinetuneSettings
+
+    assert Settings.from_env({}).finetune == FinetuneSettings()
+    tuned = Settings.from_env({"CLICKMASK_FINETUNE_EVERY_ANNOTATIONS": "0", "CLICKMASK_FINETUNE_EVERY_MINUTES": "2.5",
+                               "CLICKMASK_FINETUNE_SAMPLES": "500", "CLICKMASK_FINETUNE_LR": "1e-4"}).finetune
+    assert (tuned.every_annotations, tuned.every_minutes, tuned.samples, tuned.lr) == (0, 2.5, 500, 1e-4)
+    with pytest.raises(SettingsError, match="CLICKMASK_FINETUNE_SAMPLES"):
+        Settings.from_env({"CLICKMASK_FINETUNE_SAMPLES": "many"})

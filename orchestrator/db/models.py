@@ -21,6 +21,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -177,7 +178,13 @@ class TrainingJob(Base):
     """A fine-tuning run: from `base_version` to `result_version` (set when it produced one)."""
 
     __tablename__ = "training_jobs"
-    __table_args__ = (Index(None, "project_id", "state"),)
+    # At most one queued and one running job per project, enforced by the database (migration 0002).
+    __table_args__ = (
+        Index(None, "project_id", "state"),
+        *(Index(f"uq_training_jobs_one_{state}", "project_id", unique=True,
+                sqlite_where=text(f"state = '{state}'"), postgresql_where=text(f"state = '{state}'"))
+          for state in ("queued", "running")),
+    )
     id: Mapped[int] = mapped_column(primary_key=True)
     project_id: Mapped[int | None] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
     # queued | running | succeeded | failed | cancelled
@@ -191,3 +198,5 @@ class TrainingJob(Base):
     train_count: Mapped[int | None] = mapped_column(Integer)
     val_count: Mapped[int | None] = mapped_column(Integer)
     error: Mapped[str | None] = mapped_column(Text)
+    heartbeat_at: Mapped[datetime | None]  # written by the runner while the job runs
+    details: Mapped[dict[str, Any] | None]  # split, metrics of both versions, decision, phase timings

@@ -1,0 +1,182 @@
+"""The fine-tuning job, as it runs inside Ray: fine-tune a parent checkpoint on a snapshot of annotations, evaluate
+parent and candidate on the validation images with the NoC protocol, and put the candidate in the object store.
+
+It knows nothing of the database or of promotion: the scheduler (orchestrator.scheduler) hands it a FinetuneSpec
+(images by URI with their masks as COCO RLE, already split) and decides from the metrics it returns.
+
+It runs as a plain Ray task asking for one CPU, with one torch thread and the lowest CPU priority (nice 19), so the
+serving replicas beside it keep their latency; max_calls=1 gives the task a fresh worker process that exits after
+it (the niceness and the memory go with it).
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from integrations.images import ImageFetcher, ImageSettings
+from integrations.objectstore import open_store
+from workers.model.checkpoint import BASE_CHECKPOINT, load_checkpoint
+from workers.model.data import LoadedImage, SampleGenerator, _object
+from workers.model.evaluator import EvalResult, ObjectResult, evaluate_object
+from workers.model.predictor import load_predictor
+from workers.model.train import TrainConfig, train
+
+
+@dataclass
+class AnnotatedImage:
+    uri: str
+    masks: list[dict]  # COCO RLE: {"size": [h, w], "counts": str}
+
+
+@dataclass
+class FinetuneSpec:
+    parent: str  # "base" (bundled), a checkpoint path every worker can read, or "store:<key>"
+    out_key: str  # where the candidate goes in the object store
+    store_url: str
+    train: list[AnnotatedImage]
+    val: list[AnnotatedImage]
+    images: ImageSettings = field(default_factory=ImageSettings)
+    s3_endpoint_url: str | None = None
+    samples: int = 3000
+    lr: float = 2e-4
+    batch_size: int = 8
+    size: int = 256
+    min_area: int = 30  # pixels; nuclei are small (median about 280 px)
+    eval_objects: int = 80  # validation objects at most (spread over the images), per version
+    eval_clicks: int = 20
+    seed: int = 0
+    nice: int = 19
+
+
+def finetune(spec: FinetuneSpec) -> dict:
+    """Returns {"parent": summary, "candidate": summary, "train": train state, "seconds": {...}, "objects": {...}}."""
+    if spec.nice:
+        os.nice(spec.nice)
+    import torch
+
+    torch.set_num_threads(1)
+    seconds: dict[str, float] = {}
+    t0 = time.perf_counter()
+    fetcher = ImageFetcher(spec.images)
+    train_images = [_loaded(fetcher, item, spec.min_area) for item in spec.train]
+    train_images = [im for im in train_images if im.objects]
+    val_images = [_loaded(fetcher, item, spec.min_area) for item in spec.val]
+    if not train_images:
+        raise ValueError(f"no training object of at least {spec.min_area} pixels in the snapshot")
+    seconds["load"] = time.perf_counter() - t0
+    store = open_store(spec.store_url, spec.s3_endpoint_url)
+    with tempfile.TemporaryDirectory(prefix="cm-ft-") as tmp:
+        parent = _parent_path(spec.parent, store, Path(tmp))
+        payload = load_checkpoint(parent)
+        cfg = TrainConfig(samples=spec.samples, batch_size=spec.batch_size, size=spec.size, lr=spec.lr,
+                          warmup_samples=min(200, spec.samples // 10), data_workers=0, threads=1, seed=spec.seed,
+                          checkpoint_every_s=1e9, net=payload["net"],
+                          predictor=payload.get("predictor") or TrainConfig().predictor)
+        out = Path(tmp) / "candidate.pt"
+        t0 = time.perf_counter()
+        state = train(SampleGenerator([train_images], size=spec.size), out, cfg, init=parent, progress=False)
+        seconds["train"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        chosen = _spread(val_images, spec.eval_objects)
+        old = validate(load_predictor(parent), chosen, spec.eval_clicks, "parent")
+        new = validate(load_predictor(out), chosen, spec.eval_clicks, "candidate")
+        seconds["evaluate"] = time.perf_counter() - t0
+        _strip_optimizer(out)
+        store.put_file(spec.out_key, out)
+    return {"parent": old, "candidate": new, "train": state, "seconds": seconds,
+            "objects": {"train": sum(len(im.objects) for im in train_images),
+                        "val": sum(len(objs) for _, objs in chosen)}}
+
+
+def validate(predictor, images: list[tuple[np.ndarray, list[np.ndarray]]], max_clicks: int, name: str) -> dict:
+    """The NoC protocol over (rgb, [gt masks]) pairs: the evaluator's summary (NoC@85, NoC@90, mIoU@k...)."""
+    result = EvalResult(method=name, data="validation", max_clicks=max_clicks)
+    for i, (rgb, masks) in enumerate(images):
+        predictor.set_image(rgb)
+        for j, gt in enumerate(masks):
+            ious, clicks, secs = evaluate_object(predictor, gt, None, max_clicks)
+            result.objects.append(ObjectResult(str(i), str(j), ious, clicks, secs))
+    return result.summary()
+
+
+def split_by_image(uris: list[str], val_percent: int) -> tuple[list[str], list[str]]:
+    """Deterministic train/validation split by image: an image is for validation when a hash of its URI falls in
+    the first `val_percent` of 100 buckets. The same image always lands on the same side, so later jobs (with more
+    data) never train on an earlier job's validation images. At least one image on each side when there are two."""
+    import hashlib
+
+    def bucket(uri: str) -> int:
+        return int(hashlib.sha256(uri.encode("utf-8", "surrogatepass")).hexdigest()[:8], 16) % 100
+
+    ordered = sorted(set(uris), key=lambda u: (bucket(u), u))
+    val = [u for u in ordered if bucket(u) < val_percent]
+    train_ = [u for u in ordered if bucket(u) >= val_percent]
+    if len(ordered) >= 2 and not val:
+        val, train_ = ordered[:1], ordered[1:]
+    elif len(ordered) >= 2 and not train_:
+        val, train_ = ordered[:-1], ordered[-1:]
+    return train_, val
+
+
+def _loaded(fetcher: ImageFetcher, item: AnnotatedImage, min_area: int) -> LoadedImage:
+    from pycocotools import mask as coco_mask
+
+    rgb = np.ascontiguousarray(fetcher.fetch(item.uri))
+    objects = []
+    for rle in item.masks:
+        mask = coco_mask.decode({"size": rle["size"], "counts": rle["counts"].encode("ascii")}).astype(bool)
+        if mask.shape != rgb.shape[:2]:
+            raise ValueError(f"a mask of {item.uri} is {mask.shape[::-1]}, the image {rgb.shape[1::-1]}")
+        if mask.sum() >= min_area:
+            objects.append(_object(mask))
+    return LoadedImage(rgb, objects)
+
+
+def _spread(images: list[LoadedImage], limit: int) -> list[tuple[np.ndarray, list[np.ndarray]]]:
+    """At most `limit` objects, taken round-robin over the images so that every image counts."""
+    queues = [list(im.objects) for im in images]
+    chosen: list[list[np.ndarray]] = [[] for _ in images]
+    taken = 0
+    while taken < limit and any(queues):
+        for i, q in enumerate(queues):
+            if q and taken < limit:
+                chosen[i].append(q.pop(0).paste(images[i].rgb.shape[:2]))
+                taken += 1
+    return [(im.rgb, masks) for im, masks in zip(images, chosen) if masks]
+
+
+def _parent_path(parent: str, store, tmp: Path) -> Path:
+    if parent == "base":
+        return BASE_CHECKPOINT
+    if parent.startswith("store:"):
+        path = tmp / "parent.pt"
+        store.get_file(parent[len("store:"):], path)
+        return path
+    return Path(parent)
+
+
+def _strip_optimizer(path: Path) -> None:
+    """Serving never needs the optimizer state: leave it out of the stored candidate (about half its size)."""
+    import torch
+
+    payload = load_checkpoint(path)
+    payload.pop("optimizer", None)
+    tmp = path.with_suffix(".strip")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def remote_finetune():
+    """The Ray task (imported lazily: the model package and tests need no Ray)."""
+    import ray
+
+    return ray.remote(num_cpus=1, max_calls=1, max_retries=0)(finetune)
+
+
+def spec_dict(spec: FinetuneSpec) -> dict:
+    return asdict(spec)
