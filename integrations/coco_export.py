@@ -118,9 +118,9 @@ def chosen_annotations(project_id: int, latest_only: bool):
 
 def masks_query(chosen):
     return (
-        select(AnnotationMask.id, AnnotationMask.label, AnnotationMask.height, AnnotationMask.width,
-               AnnotationMask.rle_counts, AnnotationMask.area, Annotation.ls_annotation_id, Annotation.image_id,
-               Image.height.label("image_height"), Image.width.label("image_width"))
+        select(AnnotationMask.id, AnnotationMask.region_id, AnnotationMask.label, AnnotationMask.height,
+               AnnotationMask.width, AnnotationMask.rle_counts, AnnotationMask.area, Annotation.ls_annotation_id,
+               Annotation.image_id, Image.height.label("image_height"), Image.width.label("image_width"))
         .join(Annotation, AnnotationMask.annotation_id == Annotation.id)
         .outerjoin(Image, Annotation.image_id == Image.id)
         .where(Annotation.id.in_(select(chosen.c.id)))
@@ -190,7 +190,8 @@ def annotation_entry(row, category: dict[str, int], report: Report, *, polygons:
     if area != row.area:
         raise MaskError(f"corrupt RLE: it covers {area} pixels, the stored area is {row.area}")
     entry = {"id": row.id, "image_id": row.image_id, "category_id": category[row.label], "area": area,
-             "bbox": bbox, "iscrowd": 0, "label_studio_annotation_id": row.ls_annotation_id}
+             "bbox": bbox, "iscrowd": 0, "label_studio_annotation_id": row.ls_annotation_id,
+             "label_studio_region_id": row.region_id}
     if polygons or png_dir is not None:
         mask = coco.decode(row.rle_counts, row.height, row.width)
     if polygons:

@@ -105,7 +105,8 @@ def test_rle_export_gives_back_every_mask_bit_for_bit(session_factory, cli, tmp_
         for number, image in enumerate((first, second)):
             chosen = names[number::2]
             labels = [LABELS[i % 3] for i in range(len(chosen))]
-            row = add_annotation(session, project, image, 100 + number, [(lb, drawn[n]) for lb, n in zip(labels, chosen)])
+            masks = [(label, drawn[name]) for label, name in zip(labels, chosen)]
+            row = add_annotation(session, project, image, 100 + number, masks)
             for mask_row, name, label in zip(row.masks, chosen, labels):
                 expected[mask_row.id] = (name, label, image.id)
     out, stdout, _ = export(cli, tmp_path)
