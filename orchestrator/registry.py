@@ -111,3 +111,10 @@ def rollback(session: Session, ls_project_id: int, base_name: str = BASE_NAME) -
     current.status = "retired"
     session.flush()
     return current.name, serving(session, ls_project_id, base_name)
+
+
+def version_names(session: Session, base_name: str = BASE_NAME) -> list[str]:
+    """Read only (a GET lists these): the base, then every project's versions that were not rejected."""
+    rows = session.scalars(select(ModelVersion.name).where(
+        ModelVersion.project_id.is_not(None), ModelVersion.status != "rejected").order_by(ModelVersion.id))
+    return [base_name, *rows]

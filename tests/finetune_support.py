@@ -60,3 +60,22 @@ def disk_images(root: Path, count: int, size: tuple[int, int] = (96, 128)) -> li
         cv2.imwrite(str(root / name), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
         out.append((name, [mask]))
     return out
+
+
+def predict_body(template: dict, image_url: str, size: tuple[int, int], clicks: list[tuple[float, float, bool]],
+                 project: int, region: str = "r0") -> dict:
+    """An interactive /predict body like Label Studio's (the recorded one), smart keypoints at (x%, y%, positive),
+    for a project."""
+    body = copy.deepcopy(template)
+    body["project"] = f"{project}.1795586130"
+    body["tasks"][0]["data"]["image"] = image_url
+    w, h = size
+    first = body["params"]["context"]["result"][0]
+    regions = []
+    for i, (x, y, positive) in enumerate(clicks):
+        r = copy.deepcopy(first)
+        r.update(id=region if i == 0 else f"{region}-{i}", is_positive=positive, original_width=w, original_height=h)
+        r["value"].update(x=x, y=y)
+        regions.append(r)
+    body["params"]["context"]["result"] = regions
+    return body

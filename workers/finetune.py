@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -101,7 +101,8 @@ def validate(predictor, images: list[tuple[np.ndarray, list[np.ndarray]]], max_c
         for j, gt in enumerate(masks):
             ious, clicks, secs = evaluate_object(predictor, gt, None, max_clicks)
             result.objects.append(ObjectResult(str(i), str(j), ious, clicks, secs))
-    return result.summary()
+    # NaN (a figure with nothing to average) is not JSON: PostgreSQL would refuse the metrics.
+    return {k: None if isinstance(v, float) and v != v else v for k, v in result.summary().items()}
 
 
 def split_by_image(uris: list[str], val_percent: int) -> tuple[list[str], list[str]]:
@@ -177,6 +178,3 @@ def remote_finetune():
 
     return ray.remote(num_cpus=1, max_calls=1, max_retries=0)(finetune)
 
-
-def spec_dict(spec: FinetuneSpec) -> dict:
-    return asdict(spec)

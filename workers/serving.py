@@ -9,14 +9,21 @@ Requests for the same image go to the same replica: the image key is passed as R
 so the router prefers the replica that already holds the image and its objects (the per-image state plays the role
 of a multiplexed "model", loaded lazily and dropped least-recently-used).
 
-Weights are swapped in place: `reconfigure` (Ray Serve calls it with the deployment's user_config) builds the new
-predictor off to the side and replaces the reference; requests in flight finish on the old one.
+Several model versions per replica: each Label Studio project has its own line of fine-tuned versions, and every
+request names the version its project serves (the ingress reads it from the registry) with its checkpoint's key
+in the object store. A replica keeps a few predictors by version (least recently used dropped, the base always
+kept). A version it lacks is loaded in a background thread while the project's requests go on being answered by
+the version that last answered them, so a promotion or rollback never makes a request slow or fail; every answer
+says which version gave it. Only a project's very first request on a replica waits for its version to load.
+
+The base version is swapped in place: `reconfigure` (Ray Serve calls it with the deployment's user_config) builds
+the new predictor off to the side and replaces the reference; requests in flight finish on the old one.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
+import tempfile
 import threading
 import time
 from collections import OrderedDict
@@ -33,6 +40,8 @@ log = logging.getLogger(__name__)
 
 IMAGES_PER_REPLICA = 16
 OBJECTS_PER_IMAGE = 64
+VERSIONS_PER_REPLICA = 4  # fine-tuned predictors kept besides the base (a small net is a few MB)
+FIRST_LOAD_TIMEOUT_S = 60.0
 
 
 @dataclass
@@ -43,6 +52,9 @@ class SegmentRequest:
     image_key: str
     object_key: str
     clicks: list[Click]
+    model_version: str | None = None  # what the project serves (None: the base)
+    checkpoint_key: str | None = None  # that version's checkpoint in the object store (None: the base)
+    project: int | None = None
 
 
 @dataclass
@@ -81,33 +93,98 @@ def mask_score(prob: np.ndarray, mask: np.ndarray) -> float:
 
 @serve.deployment(name="ClickModel", ray_actor_options={"num_cpus": 1}, max_ongoing_requests=16)
 class ClickModel:
-    def __init__(self, checkpoint: str = "base", version: str = "base"):
+    def __init__(self, checkpoint: str = "base", version: str = "base", store_url: str | None = None,
+                 s3_endpoint_url: str | None = None):
         import torch
 
         torch.set_num_threads(1)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="predict")
-        self._lock = threading.Lock()
-        self._current_image: str | None = None
+        self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="load")
+        self._lock = threading.Lock()  # one prediction at a time
+        self._models_lock = threading.Lock()  # the tables below
+        self._store_url, self._s3_endpoint_url = store_url, s3_endpoint_url
+        self._predictors: OrderedDict = OrderedDict()  # version -> predictor, least recently used first
+        self._loading: dict = {}  # version -> Future of its load
+        self._project_version: dict = {}  # project -> the version that last answered it here
+        self._current_image: dict = {}  # version -> image key its predictor holds
         self._load(checkpoint, version)
 
     def _load(self, checkpoint: str, version: str) -> None:
         from workers.model.predictor import load_predictor
 
         predictor = load_predictor(checkpoint)
-        self._predictor, self._version = predictor, version
-        self._current_image = None
+        with self._models_lock:
+            self._predictors.pop(getattr(self, "_version", None), None)
+            self._predictors[version] = predictor
+            self._version = version
 
     def reconfigure(self, config: dict) -> None:
-        """user_config: {"checkpoint": path or "base", "version": name}."""
+        """user_config: {"checkpoint": path or "base", "version": name}: the base version."""
         checkpoint, version = config.get("checkpoint", "base"), config.get("version", "base")
         if version != getattr(self, "_version", None):
             t0 = time.perf_counter()
-            with self._lock:
-                self._load(checkpoint, version)
-            log.info("serving model version %s (loaded in %.2f s)", version, time.perf_counter() - t0)
+            self._load(checkpoint, version)
+            log.info("serving base version %s (loaded in %.2f s)", version, time.perf_counter() - t0)
 
     def version(self) -> str:
         return self._version
+
+    def versions(self) -> list[str]:
+        """The versions this replica holds, least recently used first."""
+        with self._models_lock:
+            return list(self._predictors)
+
+    # ---------------------------------------------------------------------------------------- model versions
+
+    def _pick(self, request: SegmentRequest):
+        """(predictor, version) for the request: its version when held, else the project's last one while the
+        wanted one loads; a project new to this replica waits for the load; the base if a load fails."""
+        wanted = request.model_version or self._version
+        with self._models_lock:
+            if wanted in self._predictors:
+                self._predictors.move_to_end(wanted)
+                return self._predictors[wanted], wanted
+            if request.checkpoint_key is None:  # a base this replica does not have: answer with its own
+                return self._predictors[self._version], self._version
+            future = self._loading.get(wanted)
+            if future is None:
+                future = self._loading[wanted] = self._loader.submit(self._load_version, wanted,
+                                                                     request.checkpoint_key)
+            fallback = self._project_version.get(request.project)
+            if fallback in self._predictors:
+                return self._predictors[fallback], fallback
+        try:
+            return future.result(timeout=FIRST_LOAD_TIMEOUT_S), wanted
+        except Exception as exc:
+            log.error("version %s could not be loaded (%s): answering with %s", wanted, exc, self._version)
+            with self._models_lock:
+                return self._predictors[self._version], self._version
+
+    def _load_version(self, version: str, key: str):
+        from integrations.objectstore import open_store
+        from workers.model.predictor import load_predictor
+
+        try:
+            t0 = time.perf_counter()
+            if not self._store_url:
+                raise RuntimeError("no object store configured for this deployment")
+            with tempfile.TemporaryDirectory(prefix="cm-ckpt-") as tmp:
+                path = f"{tmp}/model.pt"
+                open_store(self._store_url, self._s3_endpoint_url).get_file(key, path)
+                predictor = load_predictor(path)
+            with self._models_lock:
+                self._predictors[version] = predictor
+                extra = [v for v in self._predictors if v != self._version]
+                for old in extra[:max(0, len(extra) - VERSIONS_PER_REPLICA)]:
+                    del self._predictors[old]
+                    self._current_image.pop(old, None)
+            log.info("loaded version %s in %.2f s", version, time.perf_counter() - t0)
+            return predictor
+        finally:
+            with self._models_lock:
+                self._loading.pop(version, None)
+
+    # ---------------------------------------------------------------------------------------------- requests
 
     @serve.multiplexed(max_num_models_per_replica=IMAGES_PER_REPLICA)
     async def _image_state(self, image_key: str) -> _ImageState:
@@ -124,11 +201,11 @@ class ClickModel:
         return await loop.run_in_executor(self._pool, self._segment, state, request)
 
     def _segment(self, state: _ImageState, request: SegmentRequest) -> SegmentResult:
+        predictor, version = self._pick(request)
         with self._lock:
-            predictor, version = self._predictor, self._version
-            if self._current_image != request.image_key:
+            if self._current_image.get(version) != request.image_key:
                 predictor.set_image(state.rgb)
-                self._current_image = request.image_key
+                self._current_image[version] = request.image_key
             old = state.objects.get(request.object_key)
             prev, incremental = None, False
             if old is not None and old.version == version and old.clicks == request.clicks[:-1]:
@@ -136,6 +213,8 @@ class ClickModel:
             t0 = time.perf_counter()
             prediction = predictor.predict(request.clicks, prev)
             predict_ms = (time.perf_counter() - t0) * 1000
+        if request.project is not None:
+            self._project_version[request.project] = version
         state.objects[request.object_key] = _ObjectState(list(request.clicks), prediction, version)
         state.objects.move_to_end(request.object_key)
         while len(state.objects) > OBJECTS_PER_IMAGE:

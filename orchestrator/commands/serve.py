@@ -42,11 +42,17 @@ def serve_config(args: argparse.Namespace):
     if bool(user) != bool(password):
         raise SystemExit("set both CLICKMASK_BASIC_AUTH_USER and CLICKMASK_BASIC_AUTH_PASSWORD, or neither")
     return settings, ServeConfig(
-        checkpoint=args.model, model_version="base" if args.model == "base" else os.path.basename(args.model),
+        checkpoint=args.model, model_version=base_version_name(args.model),
         replicas=args.replicas, max_replicas=args.max_replicas or None, gpus_per_replica=args.gpus_per_replica,
         images=ImageSettings.from_env(), database_url=None if args.no_db else settings.database_url,
-        basic_auth=(user, password) if user else None,
+        basic_auth=(user, password) if user else None, store_url=settings.store_url,
+        s3_endpoint_url=settings.s3_endpoint_url,
     )
+
+
+def base_version_name(model: str) -> str:
+    """The registry name of the checkpoint served as the base: "base" for the bundled one, else its file name."""
+    return "base" if model == "base" else os.path.basename(model)
 
 
 def migrate(database_url: str) -> None:
@@ -70,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
     start_ray()
     serve.start(http_options={"host": args.host, "port": args.port})
     serve.run(build_app(config), name=APP_NAME, route_prefix="/")
+    scheduler = start_scheduler(settings, config) if config.database_url else None
     shown = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
     print(f"\nclickmask is serving model {config.model_version} at http://{shown}:{args.port}")
     print("In Label Studio: Settings > Model > Connect Model, URL as above, Interactive preannotations on.")
@@ -80,5 +87,22 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("stopping", file=sys.stderr)
     finally:
+        if scheduler is not None:
+            scheduler.stop()
         serve.shutdown()
     return 0
+
+
+def start_scheduler(settings, config):
+    """Fine-tuning runs beside serving: the scheduler thread lives in this process, the jobs on Ray."""
+    from orchestrator.db import make_engine, make_session_factory
+    from orchestrator.scheduler import RunnerConfig, Scheduler
+
+    runner = RunnerConfig(store_url=settings.store_url, images=config.images, s3_endpoint_url=settings.s3_endpoint_url,
+                          base_name=config.model_version,
+                          base_checkpoint=config.checkpoint if config.checkpoint == "base" else os.path.abspath(config.checkpoint),
+                          finetune=settings.finetune)
+    ft = settings.finetune
+    print(f"Fine-tuning: every {ft.every_annotations or 'off'} new annotations, every {ft.every_minutes or 'off'} "
+          "minutes with new data, Label Studio's Start training, or `clickmask finetune --project P`.")
+    return Scheduler(make_session_factory(make_engine(settings.database_url)), runner).start()

@@ -21,6 +21,9 @@ class ServeConfig:
     gpus_per_replica: float = 0.0
     images: ImageSettings = field(default_factory=ImageSettings)
     database_url: str | None = None
+    store_url: str | None = None  # where fine-tuned checkpoints are (replicas load them from there)
+    s3_endpoint_url: str | None = None
+    registry_ttl_s: float = 2.0
     basic_auth: tuple[str, str] | None = field(default=None, repr=False)
 
 
@@ -37,6 +40,8 @@ def build_app(config: ServeConfig):
         }
     else:
         model_options["num_replicas"] = config.replicas
-    model = ClickModel.options(**model_options).bind(config.checkpoint, config.model_version)
-    options = IngressOptions(images=config.images, database_url=config.database_url, basic_auth=config.basic_auth)
+    model = ClickModel.options(**model_options).bind(config.checkpoint, config.model_version, config.store_url,
+                                                     config.s3_endpoint_url)
+    options = IngressOptions(images=config.images, database_url=config.database_url, basic_auth=config.basic_auth,
+                             registry_ttl_s=config.registry_ttl_s)
     return Backend.bind(model, options, config.model_version)

@@ -5,6 +5,11 @@ object ask a model replica (workers.serving.ClickModel) for a mask, sending the 
 replica does not hold it yet, encode the masks as brush RLE, and hand each answered click to the recorder, which
 writes it to the database off the request path. Blocking work (image fetching, RLE, database) runs in threads,
 never on the event loop.
+
+Each project serves its own model version: the ingress looks it up in the registry (orchestrator.registry), keeps
+the answer for `registry_ttl_s`, and names it in every request to the replicas, which answer with it (or, while it
+loads, with the project's previous one) and say which answered. So a promotion or rollback reaches serving within
+about that time, without a redeploy.
 """
 
 import asyncio
@@ -41,6 +46,7 @@ class IngressOptions:
     database_url: str | None = None
     basic_auth: tuple[str, str] | None = field(default=None, repr=False)
     max_body_bytes: int = protocol.MAX_BODY_BYTES
+    registry_ttl_s: float = 2.0  # how long a project's serving version is taken as known
 
 
 def image_key(uri: str) -> str:
@@ -63,6 +69,7 @@ class Backend:
         self.fetcher = ImageFetcher(options.images)
         self.recorder = None
         self.session_factory = None
+        self._serving: dict = {}  # ls project id -> (monotonic expiry, registry.Serving)
         if options.database_url:
             from orchestrator.db.engine import make_engine, make_session_factory
             from orchestrator.recorder import Recorder
@@ -87,6 +94,30 @@ class Backend:
         return JSONResponse({"errors": ["authentication required"]}, status_code=401,
                             headers={"WWW-Authenticate": 'Basic realm="clickmask"'})
 
+    async def _serving_for(self, project: str | None):
+        """The project's serving version (name, checkpoint key), from the registry through a short cache. The
+        registry being away never fails a request: the last known answer (or the base) is used."""
+        from orchestrator.registry import Serving, serving
+
+        pid = project_id(project) if project else None
+        base = Serving(self.model_version, None)
+        if pid is None or self.session_factory is None:
+            return base
+        expiry, known = self._serving.get(pid, (0.0, None))
+        if time.monotonic() < expiry:
+            return known
+        try:
+            known = await asyncio.to_thread(self._lookup, serving, pid)
+        except Exception as exc:
+            log.warning("registry lookup for project %s failed: %s", pid, exc)
+            known = known or base
+        self._serving[pid] = (time.monotonic() + self.options.registry_ttl_s, known)
+        return known
+
+    def _lookup(self, serving, pid: int):
+        with self.session_factory() as session:
+            return serving(session, pid, self.model_version)
+
     async def _body(self, request: Request) -> dict:
         raw = bytearray()
         async for chunk in request.stream():
@@ -106,16 +137,28 @@ class Backend:
         if denied := self._unauthorized(request):
             return denied
         try:
-            protocol.parse_setup(await self._body(request))
+            parsed = protocol.parse_setup(await self._body(request))
         except ProtocolError as exc:
             return JSONResponse(protocol.error_response(str(exc)), status_code=400)
-        return protocol.setup_response(self.model_version)
+        return protocol.setup_response((await self._serving_for(parsed.project)).name)
 
     @app.get("/versions")
     async def versions(self, request: Request):
         if denied := self._unauthorized(request):
             return denied
-        return protocol.versions_response([self.model_version])
+        names = [self.model_version]
+        if self.session_factory is not None:
+            from orchestrator.registry import version_names
+
+            try:
+                names = await asyncio.to_thread(self._names, version_names)
+            except Exception as exc:
+                log.warning("registry listing failed: %s", exc)
+        return protocol.versions_response(names)
+
+    def _names(self, version_names) -> list[str]:
+        with self.session_factory() as session:
+            return version_names(session, self.model_version)
 
     @app.post("/predict")
     async def predict(self, request: Request):
@@ -125,33 +168,37 @@ class Backend:
             parsed = protocol.parse_predict(await self._body(request))
         except ProtocolError as exc:
             return JSONResponse(protocol.error_response(str(exc)), status_code=400)
+        serving = await self._serving_for(parsed.project)
         if not parsed.interactive:
             # Nothing to segment without clicks: an empty prediction per task keeps Label Studio's batch flow going.
-            return protocol.predict_response(
-                [protocol.prediction([], 0.0, self.model_version) for _ in parsed.tasks])
+            return protocol.predict_response([protocol.prediction([], 0.0, serving.name) for _ in parsed.tasks])
         try:
-            return await self._interactive(parsed)
+            return await self._interactive(parsed, serving)
         except (ProtocolError, ImageFetchError, InvalidInputError) as exc:
             return protocol.error_response(str(exc))
         except Exception:
             log.exception("interactive prediction failed")
             return JSONResponse(protocol.error_response("internal error while predicting"), status_code=500)
 
-    async def _interactive(self, parsed: protocol.PredictRequest) -> dict:
+    async def _interactive(self, parsed: protocol.PredictRequest, serving) -> dict:
         task = parsed.tasks[0]
         key = image_key(task.image_uri)
+        pid = project_id(parsed.project)
         image = None
         results, scores = [], []
+        answered = serving.name
         for obj in parsed.objects:
             clicks = list(obj.clicks) or _box_clicks(obj.box)
             t0 = time.perf_counter()
             handle = self.model.options(multiplexed_model_id=key)
-            answer: SegmentResult | None = await handle.segment.remote(SegmentRequest(key, obj.key, clicks))
+            version = dict(model_version=serving.name, checkpoint_key=serving.checkpoint_key, project=pid)
+            answer: SegmentResult | None = await handle.segment.remote(SegmentRequest(key, obj.key, clicks, **version))
             if answer is None:  # that replica does not hold the image yet
                 image = image if image is not None else await asyncio.to_thread(self.fetcher.fetch, task.image_uri)
                 scaled = obj.scaled_to(image.shape[1], image.shape[0])
                 clicks = list(scaled.clicks) or _box_clicks(scaled.box)
-                answer = await handle.segment.remote(SegmentRequest(key, obj.key, clicks), image)
+                answer = await handle.segment.remote(SegmentRequest(key, obj.key, clicks, **version), image)
+            answered = answer.model_version
             total_ms = (time.perf_counter() - t0) * 1000
             mask = answer.mask()
             if mask.shape != (obj.height, obj.width):  # answer at the size Label Studio knows the image by
@@ -161,7 +208,7 @@ class Backend:
             scores.append(answer.score)
             self._record(parsed, task, obj, clicks, answer, mask, total_ms)
         return protocol.predict_response(
-            [protocol.prediction(results, float(np.mean(scores)) if scores else 0.0, self.model_version)])
+            [protocol.prediction(results, float(np.mean(scores)) if scores else 0.0, answered)])
 
     def _record(self, parsed, task, obj, clicks, answer: SegmentResult, mask: np.ndarray, total_ms: float):
         if self.recorder is None or not clicks:
@@ -190,6 +237,15 @@ class Backend:
             return JSONResponse(protocol.error_response(str(exc)), status_code=400)
         if self.session_factory is None:
             return {"status": "ignored", "reason": "no database configured"}
+        if isinstance(body, dict) and body.get("action") == "START_TRAINING":
+            # Label Studio waits 1 s for a webhook: queue the job (or join the queued one) and answer; the
+            # scheduler of `clickmask serve` runs it.
+            from orchestrator.jobs import request_from_webhook
+
+            job = await asyncio.to_thread(request_from_webhook, self.session_factory, body)
+            if job is None:
+                return JSONResponse(protocol.error_response("START_TRAINING names no project"), status_code=400)
+            return {"status": "queued", "job": job}
         from orchestrator.events import handle_event
 
         outcome = await asyncio.to_thread(handle_event, self.session_factory, body)
