@@ -24,7 +24,7 @@ import requests
 
 LS_VERSION = "1.23.2"
 INSTALL_TIMEOUT = 900
-START_TIMEOUT = 240  # first start runs the migrations: about 35 s idle, much more on a busy 2-core machine
+START_TIMEOUT = 420  # first start runs the migrations: about 35 s idle, 2 min seen on a busy 2-core machine
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 

@@ -29,6 +29,7 @@ def disk_mask(obj: protocol.SmartObject, radius: int = 15) -> np.ndarray:
 
 class StandIn(BaseHTTPRequestHandler):
     received: list  # (method, path, headers, body) per request, set on the subclass
+    plain_errors = False  # answer bad interactive requests with {"errors": [...]} instead of the interactive shape
 
     def log_message(self, *args):  # keep the test output clean
         pass
@@ -63,16 +64,18 @@ class StandIn(BaseHTTPRequestHandler):
             try:
                 request = protocol.parse_predict(body)
             except ProtocolError as exc:
-                return self._answer(protocol.error_response(str(exc)))
+                if self.plain_errors:
+                    return self._answer(protocol.error_response(str(exc)))
+                return self._answer(protocol.interactive_error_response(VERSION, str(exc)))
             results = [protocol.brush_result(disk_mask(o), request.config, o.brush_label, 0.9) for o in request.objects]
             return self._answer(protocol.predict_response([protocol.prediction(results, 0.9, VERSION)]))
         self._answer({})
 
 
 @pytest.fixture
-def stand_in():
+def stand_in(request):
     received: list = []
-    handler = type("Handler", (StandIn,), {"received": received})
+    handler = type("Handler", (StandIn,), {"received": received, "plain_errors": getattr(request, "param", False)})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -139,11 +142,25 @@ def test_interactive_click_reaches_backend_and_mask_comes_back(label_studio, ls_
     assert live_task["predictions"] == [] and live_task["data"]["image"].startswith("/data/upload/")
 
 
-def test_backend_error_reaches_the_caller_as_errors(label_studio, ls_project, stand_in):
+def test_backend_error_text_passes_through_in_the_interactive_shape(label_studio, ls_project, stand_in):
     url, received = stand_in
     project_id, tasks = ls_project
     backend_id = label_studio.connect_backend(project_id, url)
     bad = smart_keypoint(30.0, 40.0, 100, 100, label="NoSuchLabel")
     answer = label_studio.interactive_annotating(backend_id, tasks[0]["id"], [bad])
     assert any(path == "/predict" for _, path, _, _ in received)
-    assert "data" not in answer and answer["errors"]
+    assert answer["data"]["result"] == []
+    assert answer["data"]["errors"] == ["params.context.result[0]: unknown label 'NoSuchLabel' for control 'kp'"]
+
+
+@pytest.mark.parametrize("stand_in", [True], indirect=True)
+def test_plain_errors_are_replaced_by_label_studio(label_studio, ls_project, stand_in):
+    """Pins the measured behaviour that interactive_error_response works around: Label Studio 1.23.2 drops the
+    backend's own text when the answer has no "results"."""
+    url, _ = stand_in
+    project_id, tasks = ls_project
+    backend_id = label_studio.connect_backend(project_id, url)
+    bad = smart_keypoint(30.0, 40.0, 100, 100, label="NoSuchLabel")
+    answer = label_studio.interactive_annotating(backend_id, tasks[0]["id"], [bad])
+    assert "data" not in answer and len(answer["errors"]) == 1
+    assert answer["errors"][0].startswith("Incorrect response from ML service") and "NoSuchLabel" not in answer["errors"][0]

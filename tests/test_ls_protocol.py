@@ -373,6 +373,9 @@ def test_response_shapes():
     assert answer == {"results": [{"result": [region], "score": 0.5, "model_version": "v1"},
                                   {"result": [], "score": 0.0, "model_version": "v1"}]}
     assert protocol.error_response("bad click", ProtocolError("x")) == {"errors": ["bad click", "x"]}
+    assert protocol.interactive_error_response("v1", "bad click") == {
+        "results": [{"result": [], "score": 0.0, "model_version": "v1", "errors": ["bad click"]}],
+        "errors": ["bad click"]}
     assert protocol.setup_response("v1") == {"model_version": "v1"}
     assert protocol.health_response()["status"] == "UP"
     assert protocol.versions_response(("v1", "v2")) == {"versions": ["v1", "v2"]}

@@ -306,8 +306,18 @@ def predict_response(predictions: list[dict]) -> dict:
 
 
 def error_response(*messages: str) -> dict:
-    """What Label Studio shows the annotator; send it with HTTP 200 to interactive calls (PROTOCOL.md)."""
+    """The plain error shape, {"errors": [...]}, for non-interactive endpoints and 4xx answers."""
     return {"errors": [str(m) for m in messages]}
+
+
+def interactive_error_response(model_version: str, *messages: str) -> dict:
+    """An error for an interactive /predict, sent with HTTP 200. Measured on Label Studio 1.23.2: it replaces a
+    top-level {"errors": [...]} with its own "Incorrect response from ML service" and a 4xx with "400 Client Error:
+    Bad Request for url: ...", so the backend's text is lost; only results[0] passes through unchanged (as "data"),
+    so the messages ride there too, with no region (the labeling UI then shows no suggestion)."""
+    errors = [str(m) for m in messages]
+    return {"results": [{"result": [], "score": 0.0, "model_version": model_version, "errors": errors}],
+            "errors": errors}
 
 
 def setup_response(model_version: str) -> dict:
