@@ -177,8 +177,8 @@ def test_evaluator_arithmetic(tmp_path):
     assert res.miou() == pytest.approx(expected.tolist())
     s = res.summary()
     assert s["mIoU@1"] == pytest.approx(expected[0]) and s["mIoU@5"] == pytest.approx(expected[4])
-    assert all(len(o.seconds) == 5 and len(o.clicks) == 5 for o in res.objects)
-    assert s["s/click"] > 0
+    assert all(len(o.seconds) == len(o.cpu_seconds) == len(o.clicks) == 5 for o in res.objects)
+    assert s["s/click"] > 0 and s["cpu s/click"] >= 0
 
     doc = json.loads(res.to_json())
     assert doc["summary"]["NoC@90"] == pytest.approx(4.0)
@@ -228,5 +228,5 @@ def test_evaluate_object_curve_always_has_max_clicks_entries():
 
     p = Perfect()
     p.set_image(np.zeros((30, 30, 3), np.uint8))
-    ious, clicks, seconds = evaluate_object(p, gt, None, max_clicks=20)
-    assert ious == [1.0] * 20 and len(clicks) == 1 and len(seconds) == 1
+    ious, clicks, seconds, cpu = evaluate_object(p, gt, None, max_clicks=20)
+    assert ious == [1.0] * 20 and len(clicks) == 1 and len(seconds) == 1 and len(cpu) == 1

@@ -29,7 +29,7 @@ def test_grabcut_segments_a_disk_in_a_few_clicks():
     img, gt = disk_scene()
     p = GrabCutPredictor()
     p.set_image(img)
-    ious, clicks, _ = evaluate_object(p, gt, None, max_clicks=3)
+    ious, clicks, _, _ = evaluate_object(p, gt, None, max_clicks=3)
     assert clicks[0] == (90.0, 60.0, True)  # the deepest point: the disk's centre
     assert max(ious) >= 0.9
 
@@ -87,7 +87,7 @@ def test_evaluate_command_end_to_end(tmp_path, capsys):
                  "--no-progress"])
     assert code == 0
     table = capsys.readouterr().out
-    assert "NoC@90" in table and "mIoU@5" in table and "first-click s" in table
+    assert "NoC@90" in table and "mIoU@5" in table and "first-click s" in table and "cpu s/click" in table
     assert any(line.startswith("grabcut") for line in table.splitlines())
 
     doc = json.loads((out / "toy_set.json").read_text())

@@ -16,7 +16,8 @@ import tempfile
 from pathlib import Path
 
 SUFFIXES = ("flip", "nozoom")
-COLUMNS = ["NoC@85", "NoC@90", "NoF@85", "NoF@90", "mIoU@1", "mIoU@3", "mIoU@5", "s/click", "first-click s"]
+COLUMNS = ["NoC@85", "NoC@90", "NoF@85", "NoF@90", "mIoU@1", "mIoU@3", "mIoU@5", "s/click", "first-click s",
+           "cpu s/click"]
 
 
 def register(subparsers) -> None:
@@ -72,7 +73,7 @@ def format_table(summaries: list[dict]) -> str:
             return str(v)
         if v is None or (isinstance(v, float) and math.isnan(v)):
             return "-"
-        return f"{v:.3f}" if col.startswith(("mIoU", "s/", "first")) else f"{v:.2f}"
+        return f"{v:.3f}" if col.startswith(("mIoU", "s/", "first", "cpu")) else f"{v:.2f}"
 
     rows = [["method", "objects"] + COLUMNS]
     rows += [[s["method"], str(s["objects"])] + [cell(c, s[c]) for c in COLUMNS] for s in summaries]

@@ -8,8 +8,9 @@ Every object gets a curve of exactly `max_clicks` IoUs, so that mean IoU after k
 prediction has no error left (outside ignored and already clicked pixels) the annotator stops: no further click
 is placed and the last IoU is repeated, which is the IoU of the mask the annotator keeps.
 
-Timing: seconds of each `predict` call; the first click of the first object of an image also carries that image's
-`set_image` time, since an annotator waits for both.
+Timing: wall-clock seconds of each `predict` call, and the process CPU seconds of it (steadier when other work shares
+the machine; equal to wall time for a one-thread predictor on an idle core). The first click of the first object of
+an image also carries that image's `set_image` time, since an annotator waits for both.
 """
 from __future__ import annotations
 
@@ -37,13 +38,15 @@ def iou(gt: np.ndarray, pred: np.ndarray, ignore: np.ndarray | None = None) -> f
 
 @dataclass
 class ObjectResult:
-    """One object: IoU after clicks 1..max_clicks, the clicks made as (x, y, positive), and the seconds of each."""
+    """One object: IoU after clicks 1..max_clicks, the clicks made as (x, y, positive), and the wall-clock and CPU
+    seconds of each."""
 
     image: str
     mask: str
     ious: list[float]
     clicks: list[tuple[float, float, bool]]
     seconds: list[float]
+    cpu_seconds: list[float] = field(default_factory=list)
 
 
 def noc(curve: list[float] | np.ndarray, threshold: float, max_clicks: int = MAX_CLICKS) -> int:
@@ -80,6 +83,7 @@ class EvalResult:
 
     def summary(self) -> dict:
         secs = [s for o in self.objects for s in o.seconds]
+        cpu = [s for o in self.objects for s in o.cpu_seconds]
         first = [o.seconds[0] for o in self.objects if o.seconds]
         miou = self.miou()
         return {
@@ -95,6 +99,7 @@ class EvalResult:
             "s/click": float(np.mean(secs)) if secs else float("nan"),
             "s/click median": float(np.median(secs)) if secs else float("nan"),
             "first-click s": float(np.mean(first)) if first else float("nan"),
+            "cpu s/click": float(np.mean(cpu)) if cpu else float("nan"),
             "set_image s": float(np.mean(self.set_image_seconds)) if self.set_image_seconds else float("nan"),
         }
 
@@ -115,26 +120,28 @@ class EvalResult:
 
 def evaluate_object(
     predictor: Predictor, gt: np.ndarray, ignore: np.ndarray | None, max_clicks: int = MAX_CLICKS
-) -> tuple[list[float], list[tuple[float, float, bool]], list[float]]:
+) -> tuple[list[float], list[tuple[float, float, bool]], list[float], list[float]]:
     """Run the protocol on one object of the image already given to `predictor.set_image`.
 
-    Returns (ious, clicks, seconds): ious has exactly max_clicks entries; clicks and seconds one per click made.
+    Returns (ious, clicks, seconds, cpu_seconds): ious has exactly max_clicks entries; the others one per click made.
     """
     clicker = Clicker(gt, ignore)
     prev = None
     ious: list[float] = []
     seconds: list[float] = []
+    cpu_seconds: list[float] = []
     for _ in range(max_clicks):
         if clicker.click(None if prev is None else prev.mask) is None:
             break
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         prev = predictor.predict(list(clicker.clicks), prev)
         seconds.append(time.perf_counter() - t0)
+        cpu_seconds.append(time.process_time() - c0)
         ious.append(iou(gt, prev.mask, ignore))
     # No error left: the annotator stops and keeps the last mask (an empty gt cannot happen in the datasets).
     ious += [ious[-1] if ious else 1.0] * (max_clicks - len(ious))
     clicks = [(c.x, c.y, c.positive) for c in clicker.clicks]
-    return ious, clicks, seconds
+    return ious, clicks, seconds, cpu_seconds
 
 
 def evaluate(
@@ -162,19 +169,21 @@ def evaluate(
 
         bar = tqdm(total=sum(len(e.mask_paths) for e in entries), desc=result.method, unit="obj")
     for entry in entries:
-        t0 = time.perf_counter()
-        predictor.set_image(read_image(entry.image_path))
-        set_s = time.perf_counter() - t0
+        image = read_image(entry.image_path)
+        t0, c0 = time.perf_counter(), time.process_time()
+        predictor.set_image(image)
+        set_s, set_cpu = time.perf_counter() - t0, time.process_time() - c0
         result.set_image_seconds.append(set_s)
         for i, mask_path in enumerate(entry.mask_paths):
             gt = read_mask(mask_path)
-            ious, clicks, seconds = evaluate_object(predictor, gt, read_ignore(mask_path), max_clicks)
+            ious, clicks, seconds, cpu = evaluate_object(predictor, gt, read_ignore(mask_path), max_clicks)
             if i == 0 and seconds:
                 seconds[0] += set_s
-            result.objects.append(ObjectResult(entry.image_path.name, mask_path.name, ious, clicks, seconds))
+                cpu[0] += set_cpu
+            result.objects.append(ObjectResult(entry.image_path.name, mask_path.name, ious, clicks, seconds, cpu))
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(iou=f"{ious[min(4, max_clicks - 1)]:.3f}")
+                bar.set_postfix(last_iou=f"{ious[-1]:.3f}")
     if bar is not None:
         bar.close()
     return result
