@@ -9,7 +9,7 @@ the mask in both cases.
 
 Memory stays flat: rows are read in chunks (yield_per: a server-side cursor on PostgreSQL) and the JSON is written
 item by item to a temporary file that replaces the output only when complete. A mask that cannot be exported
-(image size unknown, size mismatch, corrupt RLE, label not in the config) is skipped with a message and counted.
+(image size unknown, size mismatch, corrupt RLE, label not in the config, empty) is skipped with a message and counted.
 """
 from __future__ import annotations
 
@@ -189,6 +189,8 @@ def annotation_entry(row, category: dict[str, int], report: Report, *, polygons:
     area, bbox = coco.area_and_bbox(runs, row.rle_counts, row.height, row.width)
     if area != row.area:
         raise MaskError(f"corrupt RLE: it covers {area} pixels, the stored area is {row.area}")
+    if area == 0:  # a region whose brush strokes were all erased: no object, and polygon tools choke on it
+        raise MaskError("empty mask: it has no pixel")
     entry = {"id": row.id, "image_id": row.image_id, "category_id": category[row.label], "area": area,
              "bbox": bbox, "iscrowd": 0, "label_studio_annotation_id": row.ls_annotation_id,
              "label_studio_region_id": row.region_id}

@@ -240,13 +240,14 @@ def test_unknown_sizes_and_corrupt_rle_are_skipped_counted_and_the_rest_exported
         add_annotation(session, project, unsized, 2, [("Cat", good), ("Dog", good)])
         wrong = add_image(session, project, "/data/upload/7/other-size.png", size=(W + 1, H), task=3)
         add_annotation(session, project, wrong, 3, [("Cat", good)])
+        add_annotation(session, project, image, 4, [("Dog", np.zeros((H, W), bool))])
     out, stdout, stderr = export(cli, tmp_path)
     coco = COCO(str(out))
     (ann,) = coco.loadAnns(coco.getAnnIds())
     assert np.array_equal(coco.annToMask(ann).astype(bool), good)
     assert {i["file_name"] for i in coco.dataset["images"]} == {"good.png", "other-size.png"}
     assert "skipped 1 image(s) whose size is unknown" in stdout
-    assert ("skipped 11 mask(s) (7 corrupt RLE, 2 image size unknown, 1 label not in the config, "
+    assert ("skipped 12 mask(s) (7 corrupt RLE, 1 empty mask, 2 image size unknown, 1 label not in the config, "
             "1 size mismatch)") in stdout
     assert "unsized.png': size unknown" in stderr and "corrupt RLE" in stderr and "'Horse'" in stderr
 
@@ -259,6 +260,15 @@ def test_unknown_project_is_a_clear_error_and_writes_nothing(session_factory, cl
     assert code == 1
     assert "no project 99 in the database (known projects: 3)" in stderr and "Traceback" not in stderr
     assert not out.exists() and not list(tmp_path.glob(".coco.json*"))
+
+
+def test_unwritable_output_is_a_clear_error(session_factory, cli, tmp_path):
+    with session_factory.begin() as session:
+        add_project(session)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    code, _, stderr = cli("export", "--project", "7", "--out", str(blocker / "coco.json"), "--no-progress")
+    assert code == 1 and stderr.startswith("error: cannot write") and "Traceback" not in stderr
 
 
 def test_project_without_label_config_asks_for_a_sync(session_factory, cli, tmp_path):

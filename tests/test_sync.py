@@ -17,8 +17,12 @@ from orchestrator.db import Annotation, AnnotationMask, Image, make_engine, make
 
 CONFIG = """<View>
   <Image name="image" value="$image" zoom="true"/>
-  <BrushLabels name="tag" toName="image"><Label value="Object" background="#FF0000"/><Label value="Part" background="#00FF00"/></BrushLabels>
-  <KeyPointLabels name="kp" toName="image" smart="true"><Label value="Object" smart="true" background="#000000"/></KeyPointLabels>
+  <BrushLabels name="tag" toName="image">
+    <Label value="Object" background="#FF0000"/><Label value="Part" background="#00FF00"/>
+  </BrushLabels>
+  <KeyPointLabels name="kp" toName="image" smart="true">
+    <Label value="Object" smart="true" background="#000000"/>
+  </KeyPointLabels>
 </View>"""
 
 
@@ -186,6 +190,15 @@ def test_updates_deletions_and_broken_annotations(studio, project, tmp_path):
     assert {i["label_studio_task_id"] for i in coco.dataset["images"]} == {task_a}
     deleted = {row.ls_annotation_id for row in database_state(url)[0] if row.deleted_at is not None}
     assert deleted == {removed}
+
+
+def test_a_project_without_annotations_exports_its_categories(studio, tmp_path):
+    label_studio, cli, _ = studio
+    project_id = label_studio.create_project(CONFIG, title="no annotations yet")
+    code, stdout, stderr = cli("sync", "--project", str(project_id))
+    assert code == 0 and "0 task(s), 0 annotation(s)" in stdout, stderr
+    coco = export(cli, tmp_path, project_id)
+    assert [c["name"] for c in coco.dataset["categories"]] == ["Object", "Part"] and not coco.dataset["annotations"]
 
 
 def test_label_studio_problems_are_clear_errors(studio, monkeypatch):

@@ -34,6 +34,7 @@ from orchestrator.events import (
     Rejected,
     apply_annotation,
     apply_deletions,
+    get_project,
     parse_annotation,
     parse_project,
     run_in_transaction,
@@ -72,6 +73,9 @@ def sync_project(session_factory: sessionmaker[Session], client, ls_project_id: 
     report = SyncReport()
     project_body = fetch_project(client, ls_project_id)
     project = parse_project({"project": project_body})
+    # The project row and its label config are refreshed even when no annotation changed: export reads the
+    # categories from it.
+    run_in_transaction(session_factory, partial(store_project, project_in=project), UPDATED)
     seen: set[int] = set()
     with label_studio_errors(f"listing the tasks of project {ls_project_id}"):
         total = count_tasks(client, ls_project_id)
@@ -155,6 +159,11 @@ def fetch_project(client, ls_project_id: int) -> dict:
         project = client.projects.get(id=ls_project_id)
     body = project.model_dump(mode="json", by_alias=True)
     return {key: body.get(key) for key in ("id", "title", "label_config", "parsed_label_config")}
+
+
+def store_project(session: Session, project_in) -> tuple[str, str]:
+    get_project(session, project_in)
+    return "applied", f"project {project_in.ls_id} stored"
 
 
 def apply_one(session_factory, project, project_body: dict, task: dict, annotation, report: SyncReport, say) -> None:

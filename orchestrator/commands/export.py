@@ -45,6 +45,9 @@ def run(args: argparse.Namespace) -> int:
     except SQLAlchemyError as exc:
         print(f"error: {database_problem(exc, settings.database_url_safe)}", file=sys.stderr)
         return 1
+    except OSError as exc:  # the output folder is missing rights, the disk is full, ...
+        print(f"error: cannot write {exc.filename or args.out}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
     finally:
         engine.dispose()
     print(f"wrote {args.out}: {report.images} image(s), {report.annotations} annotation(s)")
