@@ -22,6 +22,7 @@ from urllib.parse import urljoin, urlsplit
 import cv2
 import numpy as np
 import requests
+import urllib3
 
 from .image_header import image_size
 from .label_studio.auth import LabelStudioAuth, LabelStudioAuthError
@@ -83,8 +84,12 @@ class ImageSettings:
 
 
 def describe(uri: str) -> str:
-    """The URI for messages: no query string (presigned URLs carry credentials there), at most 200 characters."""
+    """The URI for messages: no query string (presigned URLs carry credentials there), no user:password@, at most
+    200 characters."""
     text = uri.split("?", 1)[0] if not uri.startswith("/data/local-files/") else uri
+    scheme, sep, rest = text.partition("://")
+    if sep and "@" in rest.split("/", 1)[0]:
+        text = f"{scheme}://{rest.split('@', 1)[1]}"
     return text if len(text) <= 200 else text[:197] + "..."
 
 
@@ -175,11 +180,16 @@ class ImageFetcher:
         scheme, host, port = _origin(url)
         if scheme not in ("http", "https") or not host:
             return False
+        if any(ord(ch) < 32 or ord(ch) == 127 or ch in " \\" for ch in url):
+            return False  # parsers disagree on such URLs: the host checked might not be the host contacted
+        if urlsplit(url).username is not None or (urllib3.util.parse_url(url).host or "").lower() != host:
+            return False  # credentials in the URL, or urllib3 (which requests uses) sees another host
         if (scheme, host, port) == self.ls_origin:
             return True
         return host in self.settings.allowed_hosts or f"{host}:{port}" in self.settings.allowed_hosts
 
     def _http(self, url: str) -> bytes:
+        url = url.replace(" ", "%20")  # file names with spaces are common; every other oddity is refused below
         name = describe(url)
         if not self._allowed(url):
             raise ImageFetchError(f"image host of {name} is not allowed (see CLICKMASK_ALLOWED_IMAGE_HOSTS)")

@@ -14,7 +14,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -93,6 +92,7 @@ class LabelStudio:
     data_dir: Path
     log_path: Path
     pat: str = ""
+    startup_s: float = 0.0  # from process start to GET /health = 200
     session: requests.Session = field(default_factory=requests.Session)
     _access: str = ""
     _access_time: float = 0.0
@@ -126,7 +126,7 @@ class LabelStudio:
         log.close()
         studio = cls(f"http://127.0.0.1:{port}", username, password, process, data_dir, log_path)
         try:
-            studio.wait_healthy()
+            studio.startup_s = studio.wait_healthy()
             studio.pat = studio.create_pat()
         except BaseException:
             studio.stop()
@@ -214,6 +214,23 @@ class LabelStudio:
             body.update(auth_method="BASIC_AUTH", basic_auth_user=basic_auth[0], basic_auth_pass=basic_auth[1])
         return self.api("POST", "/api/ml", json=body)["id"]
 
+    def set_webhook_auth(self, project_id: int, backend_url: str, basic_auth: tuple[str, str]) -> int:
+        """Label Studio creates a project webhook at <backend>/webhook when a backend is added, but sends it without
+        auth: give it the backend's Basic auth header (PROTOCOL.md). Returns the webhook id."""
+        import base64
+
+        target = backend_url.rstrip("/") + "/webhook"
+        hooks = [h for h in self.api("GET", f"/api/webhooks?project={project_id}") if h["url"] == target]
+        if not hooks:
+            raise RuntimeError(f"no webhook to {target} in project {project_id}")
+        token = base64.b64encode(f"{basic_auth[0]}:{basic_auth[1]}".encode()).decode()
+        self.api("PATCH", f"/api/webhooks/{hooks[0]['id']}", json={"headers": {"Authorization": f"Basic {token}"}})
+        return hooks[0]["id"]
+
+    def create_annotation(self, task_id: int, result: list[dict]) -> int:
+        """Submit an annotation as an annotator would (Label Studio then sends ANNOTATION_CREATED)."""
+        return self.api("POST", f"/api/tasks/{task_id}/annotations", json={"result": result})["id"]
+
     def interactive_annotating(self, backend_id: int, task_id: int, regions: list[dict]) -> dict:
         """What the labeling UI sends when a smart region is placed: the task and the smart regions as context.
         Label Studio answers {"data": <the backend's results[0]>} or {"errors": [...]}, both HTTP 200."""
@@ -237,8 +254,10 @@ def smart_keypoint(x: float, y: float, width: int, height: int, label: str = "Ob
 STANDARD_CONFIG = """<View>
   <Image name="image" value="$image" zoom="true"/>
   <BrushLabels name="tag" toName="image"><Label value="Object" background="#FF0000"/></BrushLabels>
-  <KeyPointLabels name="kp" toName="image" smart="true"><Label value="Object" smart="true" background="#000000" showInline="true"/></KeyPointLabels>
-  <RectangleLabels name="rect" toName="image" smart="true"><Label value="Object" smart="true" background="#000000" showInline="true"/></RectangleLabels>
+  <KeyPointLabels name="kp" toName="image" smart="true">\
+<Label value="Object" smart="true" background="#000000" showInline="true"/></KeyPointLabels>
+  <RectangleLabels name="rect" toName="image" smart="true">\
+<Label value="Object" smart="true" background="#000000" showInline="true"/></RectangleLabels>
 </View>"""
 
 

@@ -45,14 +45,16 @@ def png_header(width: int, height: int) -> bytes:
 
 @pytest.mark.parametrize(
     "ext, params",
-    [(".png", ()), (".jpg", ()), (".jpg", (cv2.IMWRITE_JPEG_PROGRESSIVE, 1)), (".webp", (cv2.IMWRITE_WEBP_QUALITY, 80)),
-     (".webp", (cv2.IMWRITE_WEBP_QUALITY, 101)), (".bmp", ())],
+    [(".png", ()), (".jpg", ()), (".jpg", (cv2.IMWRITE_JPEG_PROGRESSIVE, 1)),
+     (".webp", (cv2.IMWRITE_WEBP_QUALITY, 80)), (".webp", (cv2.IMWRITE_WEBP_QUALITY, 101)), (".bmp", ())],
 )
 def test_header_size_of_each_format(ext, params):
     assert image_size(encode(picture(37, 91), ext, *params)) == (91, 37)
 
 
-@pytest.mark.parametrize("data", [b"", b"GIF89a....", b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"RIFF\0\0\0\0WEBPVP9 ", b"hello"])
+@pytest.mark.parametrize(
+    "data", [b"", b"GIF89a....", b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"RIFF\0\0\0\0WEBPVP9 ", b"hello"]
+)
 def test_header_of_other_or_broken_data(data):
     assert image_size(data) is None
 
@@ -147,6 +149,24 @@ def test_disallowed_host_is_never_contacted(site):
         with pytest.raises(ImageFetchError, match="not allowed"):
             fetcher.fetch(url)
     assert site.hits == {}
+
+
+def test_urls_that_parsers_read_differently_are_refused(site):
+    site.routes["/a.png"] = (200, {}, encode(picture(), ".png"))
+    fetcher = fetcher_for(site)
+    for url in (f"http://127.0.0.1:{site.port}\\@localhost:{site.port}/a.png",
+                f"http://user:{SECRET}@127.0.0.1:{site.port}/a.png",
+                f"http://127.0.0.1:{site.port}/a.png\r\nX: y",
+                f"http://127.0.0.1:{site.port}/a.png\x7f"):
+        with pytest.raises(ImageFetchError, match="not allowed") as caught:
+            fetcher.fetch(url)
+        assert SECRET not in str(caught.value)
+    assert site.hits == {}
+
+
+def test_spaces_in_file_names_are_encoded(site):
+    site.routes["/my%20photo.png"] = (200, {}, encode(picture(), ".png"))
+    assert fetcher_for(site).fetch(f"{site.url}/my photo.png").shape == (48, 64, 3)
 
 
 def test_redirect_to_another_host_is_refused(site):

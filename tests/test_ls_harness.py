@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
@@ -16,6 +17,7 @@ from label_studio_sdk.converter.brush import decode_rle
 
 from integrations.label_studio import protocol
 from integrations.label_studio.errors import ProtocolError
+from integrations.label_studio.labeling_config import parse_label_config
 from ls_support import smart_keypoint
 
 VERSION = "stand-in-1"
@@ -142,6 +144,30 @@ def test_interactive_click_reaches_backend_and_mask_comes_back(label_studio, ls_
     assert live_task["predictions"] == [] and live_task["data"]["image"].startswith("/data/upload/")
 
 
+def test_webhook_reaches_backend_with_basic_auth(label_studio, ls_project, stand_in):
+    url, received = stand_in
+    project_id, tasks = ls_project
+    label_studio.connect_backend(project_id, url, basic_auth=("ls", "s3cret"))
+    label_studio.set_webhook_auth(project_id, url, ("ls", "s3cret"))
+    config = parse_label_config(label_studio.api("GET", f"/api/projects/{project_id}")["label_config"])
+    mask = np.zeros((20, 30), bool)
+    mask[5:15, 10:20] = True
+    region = protocol.brush_result(mask, config, "Object")
+    annotation_id = label_studio.create_annotation(tasks[0]["id"], [region])
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        events = [(h, b) for m, p, h, b in received if p == "/webhook" and b.get("action") == "ANNOTATION_CREATED"]
+        if events:
+            break
+        time.sleep(0.2)
+    assert events, f"no ANNOTATION_CREATED reached the backend: {[p for _, p, _, _ in received]}"
+    headers, body = events[0]
+    assert headers.get("Authorization") == "Basic " + base64.b64encode(b"ls:s3cret").decode()
+    assert body["annotation"]["id"] == annotation_id and body["task"]["id"] == tasks[0]["id"]
+    assert body["annotation"]["result"][0]["value"]["rle"] == region["value"]["rle"]
+
+
 def test_backend_error_text_passes_through_in_the_interactive_shape(label_studio, ls_project, stand_in):
     url, received = stand_in
     project_id, tasks = ls_project
@@ -162,5 +188,6 @@ def test_plain_errors_are_replaced_by_label_studio(label_studio, ls_project, sta
     backend_id = label_studio.connect_backend(project_id, url)
     bad = smart_keypoint(30.0, 40.0, 100, 100, label="NoSuchLabel")
     answer = label_studio.interactive_annotating(backend_id, tasks[0]["id"], [bad])
-    assert "data" not in answer and len(answer["errors"]) == 1
-    assert answer["errors"][0].startswith("Incorrect response from ML service") and "NoSuchLabel" not in answer["errors"][0]
+    assert "data" not in answer
+    (message,) = answer["errors"]
+    assert message.startswith("Incorrect response from ML service") and "NoSuchLabel" not in message

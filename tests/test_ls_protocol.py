@@ -66,7 +66,8 @@ def test_smart_control_must_exist_with_its_type():
 
 
 def test_non_smart_keypoints_are_not_smart_controls():
-    xml = config_with('<Label value="Cat"/>', '<KeyPointLabels name="plain" toName="img"><Label value="x"/></KeyPointLabels>')
+    plain = '<KeyPointLabels name="plain" toName="img"><Label value="x"/></KeyPointLabels>'
+    xml = config_with('<Label value="Cat"/>', plain)
     assert set(parse_label_config(xml).smart) == {"kp"}
 
 
@@ -303,7 +304,7 @@ def test_bad_rectangles(ls_request, case):
 def test_unmappable_label_is_a_protocol_error(ls_request):
     body = ls_request("predict_interactive_pos_neg_keypoints")
     # The brush control has two labels, neither of them "Cat": no mapping is possible.
-    body["label_config"] = body["label_config"].replace('<Label value="Cat" background', '<Label value="Bird" background', 1)
+    body["label_config"] = body["label_config"].replace('"Cat" background', '"Bird" background', 1)
     assert parse_label_config(body["label_config"]).brush.labels == ("Bird", "Dog")
     with pytest.raises(ProtocolError, match="'Cat' has no BrushLabels counterpart"):
         protocol.parse_predict(body)

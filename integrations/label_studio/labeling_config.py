@@ -116,7 +116,7 @@ def _parse(xml: str) -> LabelingConfig:
         raise LabelConfigError(f"<BrushLabels name={brush.name!r}> points to {brush.to_name!r}, which is no <Image>")
     if not smart:
         raise LabelConfigError('the label config has no smart <KeyPointLabels> or <RectangleLabels> (smart="true")')
-    for kind, control in smart.values():
+    for _, control in smart.values():
         if control.to_name != brush.to_name:
             raise LabelConfigError(
                 f"smart control {control.name!r} points to {control.to_name!r}, not to the brush's {brush.to_name!r}"

@@ -246,7 +246,7 @@ def _object(label: str, group: list[_Region], config: LabelingConfig, scope: str
     if any((r.width, r.height) != (width, height) for r in group):
         raise ProtocolError(f"the smart regions labelled {label!r} disagree on the image size")
     clicks, box = [], None
-    for i, r in enumerate(group):
+    for r in group:
         where = f"smart region {r.id!r}"
         x, y = _percent(r.value, "x", where), _percent(r.value, "y", where)
         if r.type == KEYPOINTS:
