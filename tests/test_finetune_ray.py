@@ -182,4 +182,19 @@ def test_a_failing_or_killed_job_is_marked_failed_with_its_error_and_can_be_retr
     assert killed.state == "failed" and "timed out" in killed.error
     with factory() as s:  # nothing was recorded as a version, nothing changed what serves
         assert s.scalar(select(func.count()).select_from(ModelVersion)) == before
-    assert jobs.claim(factory, jobs.enqueue(factory, PROJECT, "cli"))  # retryable
+    retry = jobs.enqueue(factory, PROJECT, "cli")
+    assert jobs.claim(factory, retry)  # retryable
+    jobs.finish(factory, retry, "cancelled")
+
+
+def test_clickmask_finetune_runs_the_job_on_ray_and_reports_it(stack, monkeypatch, capsys):
+    from orchestrator.cli import main
+
+    for name, value in {"DATABASE_URL": stack["db_url"], "STORE_URL": str(stack["root"] / "store"),
+                        "ALLOWED_IMAGE_HOSTS": stack["server"].host, "FINETUNE_SAMPLES": "48",
+                        "FINETUNE_EVAL_OBJECTS": "2"}.items():
+        monkeypatch.setenv(f"CLICKMASK_{name}", value)
+    code = main(["finetune", "--project", str(PROJECT), "--model", str(stack["checkpoint"])])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "succeeded" in out and f"version p{PROJECT}-ft" in out and "split" in out

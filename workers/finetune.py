@@ -99,8 +99,8 @@ def validate(predictor, images: list[tuple[np.ndarray, list[np.ndarray]]], max_c
     for i, (rgb, masks) in enumerate(images):
         predictor.set_image(rgb)
         for j, gt in enumerate(masks):
-            ious, clicks, secs = evaluate_object(predictor, gt, None, max_clicks)
-            result.objects.append(ObjectResult(str(i), str(j), ious, clicks, secs))
+            ious, clicks, secs, *more = evaluate_object(predictor, gt, None, max_clicks)
+            result.objects.append(ObjectResult(str(i), str(j), ious, clicks, secs, *more))
     # NaN (a figure with nothing to average) is not JSON: PostgreSQL would refuse the metrics.
     return {k: None if isinstance(v, float) and v != v else v for k, v in result.summary().items()}
 

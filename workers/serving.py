@@ -42,6 +42,7 @@ IMAGES_PER_REPLICA = 16
 OBJECTS_PER_IMAGE = 64
 VERSIONS_PER_REPLICA = 4  # fine-tuned predictors kept besides the base (a small net is a few MB)
 FIRST_LOAD_TIMEOUT_S = 60.0
+RETRY_FAILED_LOAD_S = 30.0  # a version that failed to load is not tried again sooner (no load per request)
 
 
 @dataclass
@@ -105,6 +106,7 @@ class ClickModel:
         self._store_url, self._s3_endpoint_url = store_url, s3_endpoint_url
         self._predictors: OrderedDict = OrderedDict()  # version -> predictor, least recently used first
         self._loading: dict = {}  # version -> Future of its load
+        self._failed: dict = {}  # version -> monotonic time of its last failed load
         self._project_version: dict = {}  # project -> the version that last answered it here
         self._current_image: dict = {}  # version -> image key its predictor holds
         self._load(checkpoint, version)
@@ -146,12 +148,16 @@ class ClickModel:
                 return self._predictors[wanted], wanted
             if request.checkpoint_key is None:  # a base this replica does not have: answer with its own
                 return self._predictors[self._version], self._version
+            fallback = self._project_version.get(request.project)
+            fallback = fallback if fallback in self._predictors else None
             future = self._loading.get(wanted)
+            if future is None and time.monotonic() - self._failed.get(wanted, -1e9) < RETRY_FAILED_LOAD_S:
+                version = fallback or self._version
+                return self._predictors[version], version
             if future is None:
                 future = self._loading[wanted] = self._loader.submit(self._load_version, wanted,
                                                                      request.checkpoint_key)
-            fallback = self._project_version.get(request.project)
-            if fallback in self._predictors:
+            if fallback is not None:
                 return self._predictors[fallback], fallback
         try:
             return future.result(timeout=FIRST_LOAD_TIMEOUT_S), wanted
@@ -180,6 +186,10 @@ class ClickModel:
                     self._current_image.pop(old, None)
             log.info("loaded version %s in %.2f s", version, time.perf_counter() - t0)
             return predictor
+        except Exception:
+            with self._models_lock:
+                self._failed[version] = time.monotonic()
+            raise
         finally:
             with self._models_lock:
                 self._loading.pop(version, None)

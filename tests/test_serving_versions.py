@@ -1,0 +1,75 @@
+"""A model replica's versions, without Ray: the replica class is plain Python under its deployment decorator, so its
+version logic (background loads, answering with the project's previous version meanwhile, the base when a load
+fails, a few versions kept) runs here directly on a real local object store and real small checkpoints."""
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from finetune_support import tiny_checkpoint
+from integrations.objectstore import LocalStore
+from model_support import disk_scene
+from workers.model import Click
+from workers.serving import VERSIONS_PER_REPLICA, ClickModel, SegmentRequest, _ImageState
+
+
+@pytest.fixture
+def replica(tmp_path):
+    store = LocalStore(tmp_path / "store")
+    for i in range(VERSIONS_PER_REPLICA + 2):
+        store.put_file(f"checkpoints/v{i}.pt", tiny_checkpoint(tmp_path / f"v{i}.pt", seed=i))
+    model = ClickModel.func_or_class(str(tiny_checkpoint(tmp_path / "base.pt")), "tiny-base", str(tmp_path / "store"))
+    state = _ImageState(rgb=disk_scene()[0])
+    return model, state
+
+
+def ask(model, state, version=None, key=None, project=1):
+    request = SegmentRequest("img", f"obj-{project}", [Click(60, 50, True)], version, key, project)
+    return model._segment(state, request).model_version
+
+
+def test_a_new_version_loads_in_the_background_while_the_previous_one_answers(replica):
+    model, state = replica
+    assert ask(model, state) == "tiny-base"
+    gate = threading.Event()
+    load = model._load_version
+
+    def slow_load(version, key):  # hold the load until the test has seen the fallback answers
+        gate.wait(10)
+        return load(version, key)
+
+    model._load_version = slow_load
+    answers = [ask(model, state, "v1", "checkpoints/v1.pt") for _ in range(3)]
+    assert answers == ["tiny-base"] * 3  # no wait, no failure: the project's previous version answers
+    gate.set()
+    deadline = time.time() + 10
+    while ask(model, state, "v1", "checkpoints/v1.pt") != "v1":
+        assert time.time() < deadline
+        time.sleep(0.05)
+    assert ask(model, state) == "tiny-base"  # the rollback target is still held: instant
+
+
+def test_a_project_new_to_the_replica_waits_for_its_version_once(replica):
+    model, state = replica
+    assert ask(model, state, "v2", "checkpoints/v2.pt", project=9) == "v2"
+
+
+def test_a_version_that_cannot_load_falls_back_and_is_not_retried_per_request(replica):
+    model, state = replica
+    calls = []
+    load = model._load_version
+    model._load_version = lambda v, k: calls.append(v) or load(v, k)
+    assert ask(model, state, "gone", "checkpoints/missing.pt") == "tiny-base"
+    assert ask(model, state, "gone", "checkpoints/missing.pt") == "tiny-base"
+    assert calls == ["gone"]
+
+
+def test_a_few_versions_are_kept_and_the_base_always(replica):
+    model, state = replica
+    for i in range(VERSIONS_PER_REPLICA + 2):
+        assert ask(model, state, f"v{i}", f"checkpoints/v{i}.pt", project=100 + i) == f"v{i}"
+    held = model.versions()
+    assert "tiny-base" in held and len(held) == VERSIONS_PER_REPLICA + 1
+    assert held[-VERSIONS_PER_REPLICA:] == [f"v{i}" for i in range(2, VERSIONS_PER_REPLICA + 2)]
