@@ -29,6 +29,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-bf16", action="store_true", help="train in float32")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(handler=run)
+    r = sub.add_parser("release", help="copy a training checkpoint without optimizer state (default: as the "
+                                       "bundled base model)")
+    r.add_argument("checkpoint", type=Path)
+    r.add_argument("--to", type=Path, help="destination (default: the bundled base model file)")
+    r.set_defaults(handler=release)
+
+
+def release(args: argparse.Namespace) -> int:
+    from workers.model.checkpoint import BASE_CHECKPOINT, release_checkpoint
+
+    dst = args.to or BASE_CHECKPOINT
+    state = release_checkpoint(args.checkpoint, dst)
+    print(f"wrote {dst} ({dst.stat().st_size / 1e6:.1f} MB): {state.get('samples_seen', '?')} samples, "
+          f"{state.get('wall_time_s', 0) / 3600:.2f} h of training")
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:

@@ -42,3 +42,16 @@ def build_net(payload: dict) -> ClickSegNet:
     net = ClickSegNet(NetConfig.from_dict(payload["net"]))
     net.load_state_dict(payload["state_dict"])
     return net
+
+
+def release_checkpoint(src: str | Path, dst: str | Path = BASE_CHECKPOINT) -> dict:
+    """Copy a training checkpoint without its optimizer state (a third of the size), for shipping or serving.
+    Returns the copied training state."""
+    payload = load_checkpoint(src)
+    payload.pop("optimizer", None)
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_suffix(dst.suffix + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, dst)
+    return payload.get("train", {})
