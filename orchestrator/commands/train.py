@@ -33,6 +33,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                                        "bundled base model)")
     r.add_argument("checkpoint", type=Path)
     r.add_argument("--to", type=Path, help="destination (default: the bundled base model file)")
+    r.add_argument("--reference", type=Path, metavar="DIR",
+                   help="also evaluate the released model on a few images of this folder (in shared/datasets) "
+                        "and write the figures beside it, for the regression test")
+    r.add_argument("--every", type=int, default=4, help="with --reference: every Nth image")
+    r.add_argument("--limit", type=int, default=3, help="with --reference: at most this many images")
     r.set_defaults(handler=release)
 
 
@@ -43,7 +48,31 @@ def release(args: argparse.Namespace) -> int:
     state = release_checkpoint(args.checkpoint, dst)
     print(f"wrote {dst} ({dst.stat().st_size / 1e6:.1f} MB): {state.get('samples_seen', '?')} samples, "
           f"{state.get('wall_time_s', 0) / 3600:.2f} h of training")
+    if args.reference:
+        write_reference(dst, args.reference.resolve(), args.every, args.limit)
     return 0
+
+
+def write_reference(checkpoint: Path, data: Path, every: int, limit: int) -> None:
+    """Figures of `checkpoint` on a few images, in `<name>_regression.json` beside it. The data folder is stored
+    relative to the folder that holds `datasets/`, so the test finds it from any checkout."""
+    import json
+
+    import torch
+
+    from workers.model.evaluator import evaluate
+    from workers.model.predictor import load_predictor
+
+    if "datasets" not in data.parts:
+        raise SystemExit(f"--reference must be a folder inside a datasets/ tree, not {data}")
+    relative = Path(*data.parts[data.parts.index("datasets"):])
+    torch.set_num_threads(1)
+    summary = evaluate(load_predictor(checkpoint), data, every=every, limit=limit, progress=False).summary()
+    figures = {"data": str(relative), "every": every, "limit": limit,
+               **{k: summary[k] for k in ("objects", "NoC@85", "NoC@90", "mIoU@1", "mIoU@5")}}
+    out = checkpoint.with_name(checkpoint.stem + "_regression.json")
+    out.write_text(json.dumps(figures, indent=2) + "\n")
+    print(f"wrote {out}: {figures}")
 
 
 def run(args: argparse.Namespace) -> int:
