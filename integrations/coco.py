@@ -77,6 +77,12 @@ def outer_polygons(mask: np.ndarray) -> tuple[list[list[float]], int]:
     (cell 2x is the corner x), so the outer polygons follow pixel edges and pycocotools rasterizes them back to
     the part. COCO polygons are a union with no way to cut a hole, so holes are filled; the count says how many.
     """
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        return [], 0
+    # Only the object's box is traced: the cost then follows the object's size, not the image's.
+    top, left = int(rows[0]), int(cols[0])
+    mask = mask[top:rows[-1] + 1, left:cols[-1] + 1]
     up = np.repeat(np.repeat(mask.astype(np.uint8), 2, axis=0), 2, axis=1)
     grown = np.zeros((up.shape[0] + 1, up.shape[1] + 1), np.uint8)
     grown[:-1, :-1] |= up
@@ -89,7 +95,7 @@ def outer_polygons(mask: np.ndarray) -> tuple[list[list[float]], int]:
         if parent != -1:
             holes += 1
             continue
-        points = contour.reshape(-1, 2) / 2.0
+        points = contour.reshape(-1, 2) / 2.0 + (left, top)
         if len(points) < 3:  # cannot happen for grown cells (every part is at least 3 x 3), kept as a guard
             continue
         polygons.append([float(v) for v in points.ravel()])
