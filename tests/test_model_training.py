@@ -93,3 +93,26 @@ def test_checkpoint_round_trip_keeps_the_weights(tmp_path):
         assert "junk" in str(exc) or "checkpoint" in str(exc) or "pickle" in str(exc).lower()
     else:
         raise AssertionError("a junk file was accepted as a checkpoint")
+
+
+def test_train_command_writes_config_train_state_and_holdout_metrics(tmp_path):
+    import cv2
+
+    from orchestrator.cli import main
+
+    for sub in ("images", "masks"):
+        (tmp_path / "data" / sub).mkdir(parents=True)
+    for i in range(6):
+        rgb, mask = disk_scene(seed=i, cx=40 + 8 * i)
+        cv2.imwrite(str(tmp_path / "data" / "images" / f"im{i}.png"), rgb[:, :, ::-1])
+        cv2.imwrite(str(tmp_path / "data" / "masks" / f"im{i}.png"), mask.astype(np.uint8) * 255)
+    out = tmp_path / "run.pt"
+    args = ["train", "--data", str(tmp_path / "data"), "--out", str(out), "--samples", "16", "--size", "64",
+            "--holdout-every", "3", "--validate-images", "1", "--workers", "0", "--no-bf16"]
+    assert main(args) == 0
+    payload = load_checkpoint(out)
+    assert payload["train"]["samples_seen"] == 16 and payload["train"]["config"]["size"] == 64
+    holdout = payload["metrics"]["holdout_10_clicks"]["data"]
+    assert holdout["objects"] == 1 and 1 <= holdout["NoC@85"] <= 10
+    assert main(args[:-1] + ["--resume", "--samples", "24"]) == 0
+    assert load_checkpoint(out)["train"]["samples_seen"] == 24

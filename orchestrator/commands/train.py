@@ -26,6 +26,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="leave every Nth image of each folder out of training, for validation with "
                         "`clickmask evaluate --every N` (0: none)")
     p.add_argument("--checkpoint-every", type=float, default=300.0, help="seconds between checkpoints")
+    p.add_argument("--validate-images", type=int, default=5,
+                   help="at each checkpoint, NoC on this many held-out images per folder, stored in the "
+                        "checkpoint's metrics (0: no validation)")
     p.add_argument("--no-bf16", action="store_true", help="train in float32")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(handler=run)
@@ -39,6 +42,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--every", type=int, default=4, help="with --reference: every Nth image")
     r.add_argument("--limit", type=int, default=3, help="with --reference: at most this many images")
     r.set_defaults(handler=release)
+
+
+def holdout_metrics(checkpoint: Path, folders: list[str], every: int, images: int) -> dict:
+    """NoC figures (10 clicks, to stay cheap) on the first held-out images of each training folder."""
+    import torch
+
+    from workers.model.evaluator import evaluate
+    from workers.model.predictor import load_predictor
+
+    threads = torch.get_num_threads()
+    predictor = load_predictor(checkpoint)
+    metrics = {}
+    for folder in folders:
+        s = evaluate(predictor, folder, every=every, limit=images, max_clicks=10, progress=False).summary()
+        metrics[Path(folder).name] = {k: s[k] for k in ("objects", "NoC@85", "NoC@90", "mIoU@1", "mIoU@3", "mIoU@5")}
+    torch.set_num_threads(threads)
+    return {"holdout_10_clicks": metrics}
 
 
 def release(args: argparse.Namespace) -> int:
@@ -92,8 +112,11 @@ def run(args: argparse.Namespace) -> int:
                       threads=args.threads, data_workers=args.workers, seed=args.seed,
                       checkpoint_every_s=args.checkpoint_every, bf16=not args.no_bf16)
     init = args.out if args.resume else args.init
+    validate = None
+    if args.validate_images and args.holdout_every:
+        validate = lambda path, state: holdout_metrics(path, args.data, args.holdout_every, args.validate_images)
     state = train(SampleGenerator(folders, args.weight, size=args.size), args.out, cfg, init=init,
-                  resume=args.resume)
+                  resume=args.resume, on_checkpoint=validate)
     print(f"wrote {args.out}: {state['samples_seen']} samples in {state['wall_time_s'] / 60:.1f} min, "
           f"loss {state.get('loss', float('nan')):.4f}")
     return 0
