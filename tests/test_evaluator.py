@@ -128,7 +128,7 @@ class ScriptedPredictor(Predictor):
         self.last = super().predict(clicks, prev)
         return self.last
 
-    def _predict_prob(self, clicks, prev_prob):
+    def _predict_prob(self, clicks, prev_prob, box=None):
         gt, script = self.objects[(clicks[0].x, clicks[0].y)]
         ys, xs = np.nonzero(gt)
         k = int(round(script[len(clicks) - 1] * len(ys)))
@@ -197,7 +197,7 @@ class BandPredictor(Predictor):
         super().__init__()
         self.grown = cv2.dilate(gt.astype(np.uint8), np.ones((9, 9), np.uint8)).astype(np.float32)
 
-    def _predict_prob(self, clicks, prev_prob):
+    def _predict_prob(self, clicks, prev_prob, box=None):
         return self.grown
 
 
@@ -223,7 +223,7 @@ def test_evaluate_object_curve_always_has_max_clicks_entries():
     gt = square(30, 30, 5, 5, 10)
 
     class Perfect(Predictor):
-        def _predict_prob(self, clicks, prev_prob):
+        def _predict_prob(self, clicks, prev_prob, box=None):
             return gt.astype(np.float32)
 
     p = Perfect()

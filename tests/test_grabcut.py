@@ -100,3 +100,17 @@ def test_evaluate_command_end_to_end(tmp_path, capsys):
 def test_evaluate_command_refuses_flip_for_grabcut(tmp_path):
     with pytest.raises(SystemExit):
         main(["evaluate", "--model", "grabcut:flip", "--data", str(tmp_path), "--out", str(tmp_path / "o")])
+
+
+def test_a_drawn_box_seeds_grabcut_and_bounds_its_answer():
+    from model_support import disk_scene
+    from workers.model import Click
+    from workers.model.evaluator import iou
+    from workers.model.grabcut import GrabCutPredictor
+
+    rgb, mask = disk_scene(h=120, w=160, cx=80, cy=60, r=30)
+    p = GrabCutPredictor()
+    p.set_image(rgb)
+    pred = p.predict([Click(80, 60, True)], box=(45, 25, 116, 96))
+    assert iou(mask, pred.mask) > 0.85
+    assert not pred.mask[:, :45].any() and not pred.mask[:, 116:].any()

@@ -77,3 +77,21 @@ def test_bad_calls_raise_clear_errors(net):
         p.predict([Click(30, 5, True)])
     with pytest.raises(InvalidClicksError):
         p.predict([])
+
+
+def test_a_box_frames_the_object_from_the_first_click_and_bounds_the_mask(net):
+    rgb, _ = disk_scene(h=480, w=854, cx=300, cy=200, r=40)
+    p = ClickSegPredictor(net, PredictorConfig(long_side=320))
+    p.set_image(rgb)
+    box = (250, 150, 350, 260)
+    frame = p.frame_for([Click(300, 200, True)], None, box)
+    assert frame.x0 <= 250 and frame.x1 >= 350 and frame.y0 <= 150 and frame.y1 >= 260
+    assert frame.x1 - frame.x0 < 854  # not the whole image
+    pred = p.predict([Click(300, 200, True)], box=box)
+    outside = np.ones(pred.prob.shape, bool)
+    outside[150:260, 250:350] = False
+    assert pred.prob[outside].max() == 0.0 and not pred.mask[outside].any()
+    with pytest.raises(InvalidClicksError, match="box"):
+        p.predict([Click(300, 200, True)], box=(900, 10, 950, 20))
+    with pytest.raises(InvalidClicksError, match="four"):
+        p.predict([Click(300, 200, True)], box=(1, 2, 3))

@@ -94,7 +94,13 @@ class GrabCutPredictor(Predictor):
             half *= self.box_growth
         return mask
 
-    def _predict_prob(self, clicks: list[Click], prev_prob: np.ndarray | None) -> np.ndarray:
+    def _predict_prob(self, clicks: list[Click], prev_prob: np.ndarray | None, box=None) -> np.ndarray:
+        if box is not None and (prev_prob is None or not (prev_prob > THRESHOLD).any()):
+            # A drawn box is what GrabCut was made for: inside "probably object", outside background.
+            x0, y0, x1, y1 = box
+            labels = np.full(self.image.shape[:2], cv2.GC_BGD, np.uint8)
+            labels[y0:y1, x0:x1] = cv2.GC_PR_FGD
+            return self._grabcut(labels, clicks).astype(np.float32)
         if prev_prob is None or not (prev_prob > THRESHOLD).any():
             return self._from_box(clicks).astype(np.float32)
         labels = np.where(prev_prob > THRESHOLD, cv2.GC_PR_FGD, cv2.GC_PR_BGD).astype(np.uint8)

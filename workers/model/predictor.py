@@ -58,8 +58,15 @@ class ClickSegPredictor(Predictor):
         self.net = fuse_for_inference(net).to(memory_format=torch.channels_last)
         self.config = config
 
-    def frame_for(self, clicks: list[Click], prev_prob: np.ndarray | None) -> Frame:
+    def frame_for(self, clicks: list[Click], prev_prob: np.ndarray | None, box=None) -> Frame:
+        """The part of the image the network looks at: the whole image for a first click, the zoom-in box from the
+        second click, and a given object box (enlarged like a zoom-in box) from the start."""
         h, w = self.image.shape[:2]
+        if box is not None:
+            x0, y0, x1, y1 = box
+            corners = [Click(x0, y0, True), Click(x1 - 1, y1 - 1, True)]
+            return Frame.around(zoom_in_box(clicks + corners, None, (h, w), self.config.zoom_expand,
+                                            self.config.zoom_min_side), self.config.long_side)
         box = (0, 0, w, h)
         if self.config.zoom_in and len(clicks) > 1:
             prev_mask = None if prev_prob is None else prev_prob > THRESHOLD
@@ -67,9 +74,9 @@ class ClickSegPredictor(Predictor):
         return Frame.around(box, self.config.long_side)
 
     @torch.inference_mode()
-    def _predict_prob(self, clicks: list[Click], prev_prob: np.ndarray | None) -> np.ndarray:
+    def _predict_prob(self, clicks: list[Click], prev_prob: np.ndarray | None, box=None) -> np.ndarray:
         h, w = self.image.shape[:2]
-        frame = self.frame_for(clicks, prev_prob)
+        frame = self.frame_for(clicks, prev_prob, box)
         rgb = frame.crop(self.image)
         fclicks = frame.clicks_in(clicks)
         fprev = None if prev_prob is None else frame.crop(prev_prob)
