@@ -7,6 +7,7 @@ import tempfile
 
 # Every Ray worker of ours computes with one thread per CPU it asked for; spin-waiting OpenMP threads would steal
 # the other cores from the replicas beside them.
+STARTUP_ATTEMPTS = 3
 WORKER_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
 
 
@@ -24,5 +25,13 @@ def start_ray(address: str | None = None, num_cpus: int | None = None, temp_dir:
     # address="local" never joins a cluster that happens to run on this machine; short temp dirs keep Ray's
     # socket paths under the operating system's length limit.
     temp_dir = temp_dir or tempfile.mkdtemp(prefix="cm-ray-")
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, runtime_env=runtime_env,
-             log_to_driver=False, _node_ip_address="127.0.0.1", _temp_dir=temp_dir)
+    for attempt in range(1, STARTUP_ATTEMPTS + 1):
+        try:
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, runtime_env=runtime_env,
+                     log_to_driver=False, _node_ip_address="127.0.0.1", _temp_dir=temp_dir)
+            return
+        except Exception as exc:
+            # Ray gives its raylet a fixed 30 s to register; on a starved machine that can pass. Start again clean.
+            ray.shutdown()
+            if attempt == STARTUP_ATTEMPTS or "timed out during startup" not in str(exc):
+                raise
