@@ -141,7 +141,7 @@ def main() -> int:
     ap.add_argument("--objects-per-image", type=int, default=10, help="held-out nuclei evaluated per image")
     ap.add_argument("--max-clicks", type=int, default=20)
     ap.add_argument("--samples", type=int, default=3000, help="CLICKMASK_FINETUNE_SAMPLES of the job")
-    ap.add_argument("--lr", type=float, default=2e-4)
+    ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--eval-objects", type=int, default=80, help="CLICKMASK_FINETUNE_EVAL_OBJECTS of the job")
     ap.add_argument("--no-worse", action="store_true", help="skip the deliberately worse candidate")
     ap.add_argument("--quick", action="store_true", help="smoke run: 6 fed, 3 held out, small job, 5 clicks")
