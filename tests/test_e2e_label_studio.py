@@ -1,0 +1,247 @@
+"""End to end with a real Label Studio 1.23.2 and the real backend: the bundled base model served on a real local Ray
+Serve (one model replica), images uploaded to Label Studio and fetched by the backend through Label Studio's API,
+clicks recorded into a real SQLite database.
+
+An annotator is simulated as the NoC protocol does (workers/model/clicker.py): each click goes where the current
+mask is most wrong against the ground truth (positive clicks first, a negative one when the protocol asks for it),
+and is sent through Label Studio's interactive-annotating API with the whole click history, exactly as the labeling
+UI does. The brush RLE that comes back is decoded and scored. The expectations are read from the model itself: the
+same predictor, loaded in this process and fed the same clicks (with its previous answer fed back), must give the
+same IoU curve; so the test follows the bundled model when it is replaced by a better one.
+
+Also checked through Label Studio: the "Start training" button reaches /webhook and queues a fine-tuning job, and
+a backend protected by Basic auth works when Label Studio has its credentials and is refused without them.
+
+One Label Studio per run (the session fixture of conftest.py) and one Ray Serve per run (tests/ray_support.py);
+this module deploys one application at a time (one model replica: one CPU), so it fits beside the other Ray tests.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+from label_studio_sdk.converter.brush import decode_rle
+from sqlalchemy import select
+
+from ls_support import STANDARD_CONFIG, eval_images, smart_keypoint
+from ray_support import ray_cluster, serve_http  # noqa: F401  (session fixtures)
+from workers.model import Click
+from workers.model.clicker import Clicker
+from workers.model.datasets import read_ignore, read_image, read_mask
+from workers.model.evaluator import iou
+
+APP, PREFIX = "e2e", "/e2e"
+GRABCUT = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "eval" / "grabcut33"
+IMAGES = 3
+MIN_CLICKS, MAX_CLICKS = 3, 8  # per object: at least 3 clicks, then on until a negative click was made
+IOU_TOLERANCE = 0.02  # served vs offline IoU after each click (one torch thread in the replica, default here)
+AUTH = ("annotator", "e2e-s3cret")
+
+
+def base_checkpoint() -> Path:
+    from workers.model.predictor import BASE_CHECKPOINT
+
+    return Path(BASE_CHECKPOINT)
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def backend(serve_http, label_studio, tmp_path_factory):
+    """deploy(basic_auth) (re)deploys the one application of this module with the bundled base model; the images
+    are fetched through the run's Label Studio with its personal access token."""
+    from alembic import command
+    from ray import serve
+
+    from integrations.images import ImageSettings
+    from migrations import alembic_config
+    from orchestrator.db import make_engine, make_session_factory
+    from orchestrator.serving.app import ServeConfig, build_app
+
+    root = tmp_path_factory.mktemp("e2e")
+    db_url = f"sqlite:///{root / 'clickmask.db'}"
+    command.upgrade(alembic_config(db_url), "head")
+    images = ImageSettings(label_studio_url=label_studio.url, label_studio_api_key=label_studio.pat)
+    state = {"url": serve_http + PREFIX, "db_url": db_url, "checkpoint": digest(base_checkpoint())}
+
+    def deploy(basic_auth: tuple[str, str] | None = None) -> str:
+        if state.get("auth", "none") == basic_auth:
+            return state["url"]
+        config = ServeConfig(checkpoint="base", model_version="base", images=images, database_url=db_url,
+                             basic_auth=basic_auth)
+        serve.run(build_app(config), name=APP, route_prefix=PREFIX)
+        state["auth"] = basic_auth
+        return state["url"]
+
+    engine = make_engine(db_url)
+    state["deploy"], state["factory"] = deploy, make_session_factory(engine)
+    yield state
+    serve.delete(APP)
+    engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def offline():
+    """The bundled model in this process, as `clickmask evaluate` runs it."""
+    from workers.model.predictor import load_predictor
+
+    return load_predictor("base")
+
+
+def upload_name(task: dict) -> str:
+    """Label Studio stores an upload as <8 hex>-<original name>."""
+    return task["data"]["image"].rsplit("/", 1)[-1].split("-", 1)[1]
+
+
+def brush_mask(answer: dict, width: int, height: int) -> np.ndarray:
+    """The one brush region of an interactive answer as Label Studio passed it on, decoded to H x W bool."""
+    assert "errors" not in answer and "errors" not in answer.get("data", {}), answer
+    (region,) = answer["data"]["result"]
+    assert region["type"] == "brushlabels" and region["value"]["brushlabels"] == ["Object"]
+    assert (region["original_width"], region["original_height"]) == (width, height)
+    return decode_rle(region["value"]["rle"]).reshape(height, width, 4)[:, :, 3] > 0
+
+
+def annotate(label_studio, backend_id: int, task: dict, gt: np.ndarray, ignore) -> tuple[list[Click], list[float]]:
+    """One object, clicked as the NoC protocol does, every click through Label Studio with the whole history."""
+    height, width = gt.shape
+    clicker = Clicker(gt, ignore)
+    regions: list[dict] = []
+    ious: list[float] = []
+    mask = None
+    while len(clicker.clicks) < MAX_CLICKS:
+        if len(clicker.clicks) >= MIN_CLICKS and not all(c.positive for c in clicker.clicks):
+            break
+        click = clicker.click(mask)
+        if click is None:  # nothing left to correct
+            break
+        # The UI places a keypoint in percent of the image; the backend turns it back into pixels.
+        regions.append(smart_keypoint(click.x * 100 / width, click.y * 100 / height, width, height,
+                                      positive=click.positive, region_id=f"t{task['id']}k{len(regions)}"))
+        mask = brush_mask(label_studio.interactive_annotating(backend_id, task["id"], regions), width, height)
+        ious.append(iou(gt, mask, ignore))
+    return list(clicker.clicks), ious
+
+
+def offline_ious(predictor, path: Path, clicks: list[Click], gt: np.ndarray, ignore) -> list[float]:
+    predictor.set_image(read_image(path))
+    prev, ious = None, []
+    for k in range(1, len(clicks) + 1):
+        prev = predictor.predict(clicks[:k], prev)
+        ious.append(iou(gt, prev.mask, ignore))
+    return ious
+
+
+def test_clicks_through_label_studio_improve_the_mask_and_match_the_model_offline(label_studio, backend, offline):
+    from orchestrator.db.models import Click as ClickRow
+    from orchestrator.db.models import ModelVersion
+
+    url = backend["deploy"](None)
+    project_id = label_studio.create_project(STANDARD_CONFIG, title="e2e clicks")
+    paths = {p.name: p for p in eval_images(IMAGES)}
+    for path in paths.values():  # one file per import: the harness's multi-file form keeps only one
+        tasks = label_studio.upload_images(project_id, [path])
+    assert len(tasks) == IMAGES
+    backend_id = label_studio.connect_backend(project_id, url)
+
+    curves: dict[str, tuple[list[float], list[float]]] = {}
+    made: dict[str, list[Click]] = {}
+    sent = []
+    for task in tasks:
+        path = paths[upload_name(task)]
+        mask_path = GRABCUT / "masks" / f"{path.stem}.png"
+        gt, ignore = read_mask(mask_path), read_ignore(mask_path)
+        clicks, served = annotate(label_studio, backend_id, task, gt, ignore)
+        assert len(served) == len(clicks) >= 1
+        assert clicks[0].positive
+        sent += clicks
+        made[path.name] = clicks
+        curves[path.name] = (served, offline_ious(offline, path, clicks, gt, ignore))
+
+    report = {name: ([round(v, 3) for v in s], [round(v, 3) for v in o]) for name, (s, o) in curves.items()}
+    signs = {name: "".join("+" if c.positive else "-" for c in clicks) for name, clicks in made.items()}
+    print(f"IoU per click through Label Studio vs offline: {report}; clicks: {signs}")
+    assert any(not c.positive for c in sent), f"the protocol never asked for a negative click: {report}"
+    for name, (served, expected) in curves.items():
+        assert served[-1] > served[0], f"{name}: IoU did not improve with clicks (served, offline): {report}"
+        assert np.allclose(served, expected, atol=IOU_TOLERANCE), f"{name}: served != offline: {report}"
+    assert digest(base_checkpoint()) == backend["checkpoint"], "the bundled model changed during the test"
+
+    # Every click was answered by the base model and recorded (off the request path: allow a moment).
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        with backend["factory"]() as session:
+            rows = session.execute(select(ClickRow.positive, ModelVersion.name)
+                                   .join(ModelVersion, ClickRow.model_version_id == ModelVersion.id)).all()
+        if len(rows) >= len(sent):
+            break
+        time.sleep(0.2)
+    assert sorted(positive for positive, _ in rows) == sorted(c.positive for c in sent)
+    assert {name for _, name in rows} == {"base"}
+
+
+def queued_jobs(backend, ls_project_id: int) -> list[tuple[str, str]]:
+    """(state, trigger) of the fine-tuning jobs of a Label Studio project in the backend's database."""
+    from orchestrator.db.models import Project, TrainingJob
+
+    with backend["factory"]() as session:
+        return [tuple(row) for row in session.execute(
+            select(TrainingJob.state, TrainingJob.trigger).join(Project, TrainingJob.project_id == Project.id)
+            .where(Project.ls_project_id == ls_project_id))]
+
+
+def test_start_training_button_reaches_the_webhook_and_queues_a_job(label_studio, backend):
+    url = backend["deploy"](None)
+    project_id = label_studio.create_project(STANDARD_CONFIG, title="e2e training")
+    backend_id = label_studio.connect_backend(project_id, url)
+    assert queued_jobs(backend, project_id) == []
+    # The button: Label Studio posts START_TRAINING to <backend>/webhook and waits for the answer (no scheduler
+    # runs here, so the job stays queued). Label Studio's own record of the state cannot show it: reading the
+    # backend record runs /health and /setup again, which resets the state to Connected.
+    label_studio.api("POST", f"/api/ml/{backend_id}/train")
+    assert queued_jobs(backend, project_id) == [("queued", "webhook")]
+    label_studio.api("POST", f"/api/ml/{backend_id}/train")  # pressed again: joins the queued job
+    assert queued_jobs(backend, project_id) == [("queued", "webhook")]
+    assert not label_studio.api("GET", f"/api/ml/{backend_id}").get("error_message")
+
+
+def test_basic_auth_backend_works_with_credentials_and_is_refused_without(label_studio, backend):
+    url = backend["deploy"](AUTH)
+    # Straight at the backend: only /health is open.
+    assert requests.get(url + "/health", timeout=10).status_code == 200
+    setup = requests.post(url + "/setup", json={"project": "1.1", "schema": STANDARD_CONFIG}, timeout=10)
+    assert setup.status_code == 401
+
+    project_id = label_studio.create_project(STANDARD_CONFIG, title="e2e basic auth")
+    (path,) = eval_images(1)
+    (task,) = label_studio.upload_images(project_id, [path])
+    gt = read_mask(GRABCUT / "masks" / f"{path.stem}.png")
+    height, width = gt.shape
+    click = Clicker(gt).click(None)
+    region = smart_keypoint(click.x * 100 / width, click.y * 100 / height, width, height, region_id="auth0")
+
+    # With the credentials on the backend record: connected, and a click comes back as a mask.
+    locked_id = label_studio.connect_backend(project_id, url, title="locked", basic_auth=AUTH)
+    mask = brush_mask(label_studio.interactive_annotating(locked_id, task["id"], [region]), width, height)
+    assert iou(gt, mask) > 0
+    # "Start training" sends the credentials too.
+    label_studio.api("POST", f"/api/ml/{locked_id}/train")
+    assert queued_jobs(backend, project_id) == [("queued", "webhook")]
+
+    # The same backend without credentials: Label Studio's /setup check gets 401 and it refuses to add it.
+    other = label_studio.create_project(STANDARD_CONFIG, title="e2e no credentials")
+    response = label_studio.session.post(f"{label_studio.url}/api/ml", headers=label_studio._bearer(), timeout=60,
+                                         json={"url": url, "project": other, "title": "bare", "is_interactive": True})
+    assert response.status_code == 400, response.text[:300]
+    assert "401" in response.text or "authentication" in response.text.lower(), response.text[:300]
+    assert label_studio.api("GET", f"/api/ml?project={other}") == []
+    token = base64.b64encode(f"{AUTH[0]}:wrong".encode()).decode()
+    refused = requests.post(url + "/predict", json={}, headers={"Authorization": f"Basic {token}"}, timeout=10)
+    assert refused.status_code == 401
