@@ -52,7 +52,8 @@ class RunnerConfig:
     base_name: str = registry.BASE_NAME  # the name the deployment serves its base checkpoint under
     base_checkpoint: str = "base"  # "base" (bundled) or a checkpoint path every Ray worker can read
     finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
-    poll_s: float = 2.0
+    poll_s: float = 2.0  # how often queued jobs (webhook, command line) are looked for
+    trigger_check_s: float = 30.0  # how often the N and T triggers are evaluated (a query per project)
     heartbeat_s: float = 5.0
     stale_after_s: float = 60.0
 
@@ -77,6 +78,7 @@ class Scheduler:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
+        self._triggers_checked = float("-inf")
 
     # ------------------------------------------------------------------------------------------------ the loop
 
@@ -108,9 +110,11 @@ class Scheduler:
         for job_id in jobs.fail_stale(self.factory, self.config.stale_after_s):
             log.warning("fine-tuning job %s marked failed: its runner went silent", job_id)
         ft = self.config.finetune
-        for ls_project, trigger in jobs.due_projects(self.factory, ft.every_annotations, ft.every_minutes):
-            log.info("project %s: queued fine-tuning job %s (%s)", ls_project,
-                     jobs.enqueue(self.factory, ls_project, trigger), trigger)
+        if time.monotonic() - self._triggers_checked >= self.config.trigger_check_s:
+            self._triggers_checked = time.monotonic()
+            for ls_project, trigger in jobs.due_projects(self.factory, ft.every_annotations, ft.every_minutes):
+                log.info("project %s: queued fine-tuning job %s (%s)", ls_project,
+                         jobs.enqueue(self.factory, ls_project, trigger), trigger)
         ran = []
         for job_id in jobs.claimable(self.factory):
             if self._stop.is_set():

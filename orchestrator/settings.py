@@ -25,10 +25,10 @@ class FinetuneSettings:
 
     every_annotations: int = 50  # a job after this many new submitted annotations in a project
     every_minutes: float = 60.0  # a job when a project has new annotations and its last job is this old
-    samples: int = 3000  # training samples per job (iterative clicks, as in base training)
+    samples: int = 2000  # training samples per job (iterative clicks, as in base training)
     lr: float = 5e-4  # peak learning rate (cosine schedule, short warm-up); base training uses 1e-3
     val_percent: int = 20  # share of a project's images kept for validating the candidate
-    eval_objects: int = 80  # validation objects evaluated per version, spread over the validation images
+    eval_objects: int = 60  # validation objects evaluated per version, spread over the validation images
     timeout_minutes: float = 30.0  # a job running longer is cancelled and marked failed
 
     @classmethod

@@ -49,12 +49,12 @@ class FinetuneSpec:
     val: list[AnnotatedImage]
     images: ImageSettings = field(default_factory=ImageSettings)
     s3_endpoint_url: str | None = None
-    samples: int = 3000
+    samples: int = 2000
     lr: float = 5e-4
     batch_size: int = 8
     size: int = 256
     min_area: int = 30  # pixels; nuclei are small (median about 280 px)
-    eval_objects: int = 80  # validation objects at most (spread over the images), per version
+    eval_objects: int = 60  # validation objects at most (spread over the images), per version
     eval_clicks: int = 20
     zoom_floors: tuple[int, ...] = (128, 64)  # zoom-in floors tried besides the parent's own
     choose_objects: int = 24  # training objects the floor is chosen on (10 clicks each)
