@@ -3,6 +3,7 @@ queue (coalescing, exclusive claims, silent runners), snapshots and triggers fed
 from __future__ import annotations
 
 import threading
+import time
 from datetime import timedelta
 
 import numpy as np
@@ -186,3 +187,28 @@ def test_start_training_queues_through_the_webhook_handler(session_factory, ls_r
         row = s.get(TrainingJob, job)
         assert row.state == "queued" and row.trigger == "webhook"
         assert s.scalar(select(Project.ls_project_id).where(Project.id == row.project_id)) == body["project"]["id"]
+
+
+def test_the_scheduler_that_clickmask_serve_starts_runs_queued_jobs_and_records_failures(migrated_url, tmp_path):
+    from orchestrator.commands.serve import start_scheduler
+    from orchestrator.serving.app import ServeConfig
+    from orchestrator.settings import Settings
+
+    settings = Settings.from_env({"CLICKMASK_DATABASE_URL": migrated_url, "CLICKMASK_DATA_DIR": str(tmp_path)})
+    scheduler = start_scheduler(settings, ServeConfig(database_url=migrated_url))
+    try:
+        from orchestrator.db import make_engine, make_session_factory
+
+        engine = make_engine(migrated_url)
+        factory = make_session_factory(engine)
+        job = jobs.enqueue(factory, 3, "webhook")  # a project with no annotations yet
+        scheduler.wake()
+        deadline = time.time() + 30
+        while jobs.get(factory, job).state in jobs.ACTIVE:
+            assert time.time() < deadline
+            time.sleep(0.2)
+        failed = jobs.get(factory, job)
+        assert failed.state == "failed" and "annotated images" in failed.error
+        engine.dispose()
+    finally:
+        scheduler.stop()
