@@ -21,7 +21,8 @@ For every run: clicks/s (answered clicks over the run's wall time), p50 and p95 
 without each image's first click), and errors (transport errors, non-200 answers, answers without one brush mask).
 Bars (the serving issue): backend p95 <= 80 ms per click, >= 15 clicks/s with 8 annotators, zero errors.
 
-Run on an idle machine, from the repository root (about 5 minutes, a first Label Studio install adds about 2):
+Run on an idle machine, from the repository root (about 5 minutes; 4 of them on a busy one: placing the clicks,
+starting Label Studio, the runs; a first Label Studio install adds about 2):
     .venv/bin/python tests/bench_serving.py --json bench_serving.json
 Smoke run with small counts on a busy machine (about 3 minutes):
     nice -n 10 .venv/bin/python tests/bench_serving.py --latency-images 4 --clicks 3 --throughput-clicks 12 \\

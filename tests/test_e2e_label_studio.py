@@ -38,7 +38,7 @@ from workers.model.evaluator import evaluate_object, iou
 APP, PREFIX = "e2e", "/e2e"
 GRABCUT = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "eval" / "grabcut33"
 IMAGES = 3
-MIN_CLICKS, MAX_CLICKS = 3, 10 # per object: at least 3 clicks, then on until a negative click was made
+MIN_CLICKS, MAX_CLICKS = 3, 10  # per object: at least 3 clicks, then on until a negative click was made
 IOU_TOLERANCE = 0.02  # served vs offline IoU after each click (one torch thread in the replica, default here)
 AUTH = ("annotator", "e2e-s3cret")
 
