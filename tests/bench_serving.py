@@ -21,10 +21,10 @@ For every run: clicks/s (answered clicks over the run's wall time), p50 and p95 
 without each image's first click), and errors (transport errors, non-200 answers, answers without one brush mask).
 Bars (the serving issue): backend p95 <= 80 ms per click, >= 15 clicks/s with 8 annotators, zero errors.
 
-Run on an idle machine, from the repository root (about 5 minutes; 4 of them on a busy one: placing the clicks,
-starting Label Studio, the runs; a first Label Studio install adds about 2):
+Run on an idle machine, from the repository root (5 minutes on this 2-core machine while busy: 1.5 placing the
+clicks, 1 starting Label Studio, 2.5 of runs; less when idle; a first Label Studio install adds about 2):
     .venv/bin/python tests/bench_serving.py --json bench_serving.json
-Smoke run with small counts on a busy machine (about 3 minutes):
+Smoke run with small counts on a busy machine (about 2 minutes):
     nice -n 10 .venv/bin/python tests/bench_serving.py --latency-images 4 --clicks 3 --throughput-clicks 12 \\
         --annotators 1,4 --replicas 1 --json /tmp/bench_serving_smoke.json
 """
