@@ -37,5 +37,10 @@ def serve_http(ray_cluster) -> str:
     from ray import serve
 
     port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+    except Exception:
+        # Serve waits a fixed 60 s for its HTTP proxy; a starved machine can miss that once. Start again.
+        serve.shutdown()
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
     return f"http://127.0.0.1:{port}"
