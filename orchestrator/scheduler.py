@@ -179,7 +179,7 @@ class Scheduler:
 
         from workers.finetune import remote_finetune
 
-        ref = remote_finetune().remote(prepared.spec)
+        ref = remote_finetune().options(num_cpus=self.config.finetune.cpus).remote(prepared.spec)
         deadline = time.monotonic() + self.config.finetune.timeout_minutes * 60
         while True:
             done, _ = ray.wait([ref], timeout=self.config.heartbeat_s)

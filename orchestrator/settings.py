@@ -30,6 +30,7 @@ class FinetuneSettings:
     val_percent: int = 20  # share of a project's images kept for validating the candidate
     eval_objects: int = 60  # validation objects evaluated per version, spread over the validation images
     timeout_minutes: float = 30.0  # a job running longer is cancelled and marked failed
+    cpus: float = 1.0  # CPUs a job reserves on Ray (it computes with one torch thread whatever this says)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> FinetuneSettings:
@@ -51,6 +52,7 @@ class FinetuneSettings:
             val_percent=min(90, number("VAL_PERCENT", cls.val_percent, int, 1)),
             eval_objects=number("EVAL_OBJECTS", cls.eval_objects, int, 1),
             timeout_minutes=number("TIMEOUT_MINUTES", cls.timeout_minutes, float, 0.1),
+            cpus=number("CPUS", cls.cpus, float),
         )
 
 

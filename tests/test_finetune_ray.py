@@ -36,7 +36,8 @@ def stack(serve_http, tmp_path_factory, ls_request):
     settings = ImageSettings(allowed_hosts=(server.host,))
     checkpoint = tiny_checkpoint(root / "tiny.pt")
     config = ServeConfig(checkpoint=str(checkpoint), model_version="tiny-base", images=settings,
-                         database_url=db_url, store_url=str(root / "store"), registry_ttl_s=0.5)
+                         database_url=db_url, store_url=str(root / "store"), registry_ttl_s=0.5,
+                         cpus_per_replica=0)  # other modules' apps may hold the test cluster's 2 CPUs
     serve.run(build_app(config), name="ft", route_prefix="/ft")
     engine = make_engine(db_url)
     yield {"url": serve_http + "/ft", "server": server, "images": images, "root": root, "settings": settings,
@@ -52,7 +53,7 @@ def runner(stack, **finetune):
     from orchestrator.scheduler import RunnerConfig
     from orchestrator.settings import FinetuneSettings
 
-    defaults = dict(every_annotations=6, every_minutes=0, samples=96, eval_objects=2, timeout_minutes=5)
+    defaults = dict(every_annotations=6, every_minutes=0, samples=96, eval_objects=2, timeout_minutes=5, cpus=0)
     return RunnerConfig(store_url=str(stack["root"] / "store"), images=stack["settings"], base_name="tiny-base",
                         base_checkpoint=str(stack["checkpoint"]), finetune=FinetuneSettings(**{**defaults, **finetune}),
                         poll_s=0.2, heartbeat_s=0.5)
@@ -192,7 +193,7 @@ def test_clickmask_finetune_runs_the_job_on_ray_and_reports_it(stack, monkeypatc
 
     for name, value in {"DATABASE_URL": stack["db_url"], "STORE_URL": str(stack["root"] / "store"),
                         "ALLOWED_IMAGE_HOSTS": stack["server"].host, "FINETUNE_SAMPLES": "48",
-                        "FINETUNE_EVAL_OBJECTS": "2"}.items():
+                        "FINETUNE_EVAL_OBJECTS": "2", "FINETUNE_CPUS": "0"}.items():
         monkeypatch.setenv(f"CLICKMASK_{name}", value)
     code = main(["finetune", "--project", str(PROJECT), "--model", str(stack["checkpoint"])])
     out = capsys.readouterr().out

@@ -19,6 +19,7 @@ class ServeConfig:
     max_replicas: int | None = None  # with a maximum above `replicas`, Ray Serve autoscales between the two
     target_ongoing_requests: float = 2.0
     gpus_per_replica: float = 0.0
+    cpus_per_replica: float = 1.0  # each replica computes with one torch thread
     images: ImageSettings = field(default_factory=ImageSettings)
     database_url: str | None = None
     store_url: str | None = None  # where fine-tuned checkpoints are (replicas load them from there)
@@ -31,7 +32,8 @@ def build_app(config: ServeConfig):
     """The bound application, ready for serve.run."""
     model_options: dict = {
         "user_config": {"checkpoint": config.checkpoint, "version": config.model_version},
-        "ray_actor_options": {"num_cpus": 0 if config.gpus_per_replica else 1, "num_gpus": config.gpus_per_replica},
+        "ray_actor_options": {"num_cpus": 0 if config.gpus_per_replica else config.cpus_per_replica,
+                              "num_gpus": config.gpus_per_replica},
     }
     if config.max_replicas and config.max_replicas > config.replicas:
         model_options["autoscaling_config"] = {
