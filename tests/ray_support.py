@@ -23,6 +23,8 @@ def ray_cluster():
     temp_dir = tempfile.mkdtemp(prefix="cm-ray-test-")
     start_ray(num_cpus=2, temp_dir=temp_dir)
     yield ray
+    if not ray.is_initialized():
+        return  # another importing module's copy of this fixture shut it down (serve.shutdown would start a Ray)
     try:
         from ray import serve
 
@@ -31,11 +33,19 @@ def ray_cluster():
         ray.shutdown()
 
 
+_SERVE_URL: list[str] = []
+
+
 @pytest.fixture(scope="session")
 def serve_http(ray_cluster) -> str:
-    """Ray Serve started with its HTTP proxy on a free loopback port; returns the base URL."""
+    """Ray Serve started with its HTTP proxy on a free loopback port; returns the base URL.
+
+    A fixture imported into several modules is a separate definition in each, so this runs once per importing
+    module: Serve is started the first time only (a second serve.start is ignored, and its port has no listener)."""
     from ray import serve
 
+    if _SERVE_URL:
+        return _SERVE_URL[0]
     port = free_port()
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -43,4 +53,5 @@ def serve_http(ray_cluster) -> str:
         # Serve waits a fixed 60 s for its HTTP proxy; a starved machine can miss that once. Start again.
         serve.shutdown()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-    return f"http://127.0.0.1:{port}"
+    _SERVE_URL.append(f"http://127.0.0.1:{port}")
+    return _SERVE_URL[0]
