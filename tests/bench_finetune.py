@@ -2,6 +2,10 @@
 
     nice -n 5 .venv/bin/python tests/bench_finetune.py --out finetune.json            # the full proof
     nice -n 15 .venv/bin/python tests/bench_finetune.py --quick --model runs/x.pt     # a smoke run (minutes)
+    nice -n 19 .venv/bin/python tests/bench_finetune.py --in-process --objects-per-image 3  # the job alone
+
+--in-process runs only the job's function (workers.finetune.finetune) in this process on the fed images, split as
+the scheduler splits them, without Ray, Serve, the database or the client: the quality and job-time figures alone.
 
 What it does, as in production: the 65 DSB2018 images are split by image (20 held out, chosen by a hash of the
 image name, printed and saved); a local Ray runs the Serve app (ingress + one replica) with a SQLite database and a
@@ -145,6 +149,7 @@ def main() -> int:
     ap.add_argument("--eval-objects", type=int, default=60, help="CLICKMASK_FINETUNE_EVAL_OBJECTS of the job")
     ap.add_argument("--no-worse", action="store_true", help="skip the deliberately worse candidate")
     ap.add_argument("--quick", action="store_true", help="smoke run: 6 fed, 3 held out, small job, 5 clicks")
+    ap.add_argument("--in-process", action="store_true", help="the job function alone (no Ray, Serve, client)")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     if args.quick:
@@ -183,6 +188,8 @@ def main() -> int:
 
     root = Path(tempfile.mkdtemp(prefix="cm-bench-ft-"))
     server = ImageServer(args.data / "images")
+    if args.in_process:
+        return in_process(args, report, fed, objects, base_path, server, root)
     db_url = f"sqlite:///{root / 'clickmask.db'}"
     command.upgrade(alembic_config(db_url), "head")
     factory = make_session_factory(make_engine(db_url))
@@ -283,6 +290,38 @@ def main() -> int:
     if args.out:
         args.out.write_text(json.dumps(report, indent=1, default=str))
     serve.shutdown()
+    server.stop()
+    return 0
+
+
+def in_process(args, report: dict, fed, objects, base_path: str, server, root: Path) -> int:
+    from integrations.images import ImageSettings
+    from orchestrator.masks import encode
+    from workers.finetune import AnnotatedImage, FinetuneSpec, finetune, split_by_image
+    from workers.model.datasets import read_mask
+
+    masks = {server.url(e.image_path.name): [encode(read_mask(p)).as_coco() for p in e.mask_paths] for e in fed}
+    train_uris, val_uris = split_by_image(list(masks), 20)
+    spec = FinetuneSpec(parent=base_path, out_key="candidate.pt", store_url=str(root), samples=args.samples,
+                        lr=args.lr, eval_objects=args.eval_objects, images=ImageSettings(allowed_hosts=(server.host,)),
+                        train=[AnnotatedImage(u, masks[u]) for u in train_uris],
+                        val=[AnnotatedImage(u, masks[u]) for u in val_uris], nice=0)
+    t0 = time.time()
+    result = finetune(spec)
+    report["job"] = {"seconds": time.time() - t0, "phases": result["seconds"], "zoom_floors": result["zoom_floors"],
+                     "objects": result["objects"], "gate_parent": result["parent"],
+                     "gate_candidate": result["candidate"], "train_images": len(train_uris),
+                     "val_images": len(val_uris)}
+    report["after"] = noc_on(str(root / "candidate.pt"), objects, args.max_clicks)
+    b, a = report["before"], report["after"]
+    print(f"job {report['job']['seconds']:.0f} s {json.dumps(result['seconds'])}, zoom floors "
+          f"{result['zoom_floors']}; gate NoC@85 {result['parent']['NoC@85']:.2f} -> "
+          f"{result['candidate']['NoC@85']:.2f}", flush=True)
+    print(f"after: NoC@85 {a['NoC@85']:.2f} NoC@90 {a['NoC@90']:.2f} mIoU@5 {a['mIoU@5']:.3f} "
+          f"(before {b['NoC@85']:.2f} / {b['NoC@90']:.2f} / {b['mIoU@5']:.3f}); ratio {a['NoC@85'] / b['NoC@85']:.2f}",
+          flush=True)
+    if args.out:
+        args.out.write_text(json.dumps(report, indent=1, default=str))
     server.stop()
     return 0
 
