@@ -193,6 +193,9 @@ class Scheduler:
 
     def record(self, prepared: Prepared, result: dict, seconds: float) -> None:
         ok, reason = better(result["parent"], result["candidate"])
+        if ok and result["objects"]["val"] < self.config.finetune.min_val_objects:
+            ok, reason = False, (f"too few validation objects to trust ({result['objects']['val']} < "
+                                 f"{self.config.finetune.min_val_objects}); {reason}")
         details = dict(prepared.details, parent_metrics=result["parent"], candidate_metrics=result["candidate"],
                        objects=result["objects"], seconds=dict(result["seconds"], total=seconds),
                        zoom_floor_noc85=result.get("zoom_floors"),

@@ -31,6 +31,7 @@ class FinetuneSettings:
     eval_objects: int = 60  # validation objects evaluated per version, spread over the validation images
     timeout_minutes: float = 30.0  # a job running longer is cancelled and marked failed
     cpus: float = 1.0  # CPUs a job reserves on Ray (it computes with one torch thread whatever this says)
+    min_val_objects: int = 20  # fewer validation objects than this: the candidate is never promoted (noise)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> FinetuneSettings:
@@ -53,6 +54,7 @@ class FinetuneSettings:
             eval_objects=number("EVAL_OBJECTS", cls.eval_objects, int, 1),
             timeout_minutes=number("TIMEOUT_MINUTES", cls.timeout_minutes, float, 0.1),
             cpus=number("CPUS", cls.cpus, float),
+            min_val_objects=number("MIN_VAL_OBJECTS", cls.min_val_objects, int),
         )
 
 

@@ -230,7 +230,8 @@ def main() -> int:
     runner = RunnerConfig(store_url=str(root / "store"), images=images, base_name=base_name,
                           base_checkpoint=base_path,
                           finetune=FinetuneSettings(every_annotations=len(fed), every_minutes=0, samples=args.samples,
-                                                    lr=args.lr, eval_objects=args.eval_objects))
+                                                    lr=args.lr, eval_objects=args.eval_objects,
+                                                    min_val_objects=0 if args.quick else 20))
     marks["job_start"] = time.time()
     scheduler = Scheduler(factory, runner).start()
     while not jobs.claimable(factory) and not _last_job(factory):

@@ -53,7 +53,8 @@ def runner(stack, **finetune):
     from orchestrator.scheduler import RunnerConfig
     from orchestrator.settings import FinetuneSettings
 
-    defaults = dict(every_annotations=6, every_minutes=0, samples=96, eval_objects=2, timeout_minutes=5, cpus=0)
+    defaults = dict(every_annotations=6, every_minutes=0, samples=96, eval_objects=2, timeout_minutes=5, cpus=0,
+                    min_val_objects=0)
     return RunnerConfig(store_url=str(stack["root"] / "store"), images=stack["settings"], base_name="tiny-base",
                         base_checkpoint=str(stack["checkpoint"]), finetune=FinetuneSettings(**{**defaults, **finetune}),
                         poll_s=0.2, heartbeat_s=0.5)
@@ -119,7 +120,7 @@ def test_annotations_through_the_webhook_train_on_ray_and_promotion_swaps_withou
     assert job.train_count + job.val_count == 6 and job.val_count >= 1
     assert set(job.details["split"]["train_image_ids"]).isdisjoint(job.details["split"]["val_image_ids"])
     assert job.started_at <= job.finished_at and job.details["seconds"]["train"] > 0
-    promoted, _ = better(job.details["parent_metrics"], job.details["candidate_metrics"])
+    promoted, _ = better(job.details["parent_metrics"], job.details["candidate_metrics"])  # min_val_objects 0
     assert version.status == ("promoted" if promoted else "rejected")
     assert version.checkpoint_uri == f"checkpoints/p{PROJECT}-ft{job_id}.pt"
     assert (stack["root"] / "store" / version.checkpoint_uri).is_file()
