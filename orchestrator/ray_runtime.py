@@ -8,7 +8,10 @@ import tempfile
 # Every Ray worker of ours computes with one thread per CPU it asked for; spin-waiting OpenMP threads would steal
 # the other cores from the replicas beside them.
 STARTUP_ATTEMPTS = 3
-WORKER_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+WORKER_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE",
+              # Serve gives a starting HTTP proxy 3 checks of 5 s, then kills it and starts another; on a small
+              # machine busy with training that loop can go on forever. 30 s per check costs nothing when idle.
+              "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "30"}
 
 
 def start_ray(address: str | None = None, num_cpus: int | None = None, temp_dir: str | None = None) -> None:
@@ -25,6 +28,8 @@ def start_ray(address: str | None = None, num_cpus: int | None = None, temp_dir:
     # address="local" never joins a cluster that happens to run on this machine; short temp dirs keep Ray's
     # socket paths under the operating system's length limit.
     temp_dir = temp_dir or tempfile.mkdtemp(prefix="cm-ray-")
+    for name, value in WORKER_ENV.items():  # the local raylet, and so every worker, inherits these
+        os.environ.setdefault(name, value)
     for attempt in range(1, STARTUP_ATTEMPTS + 1):
         try:
             ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, runtime_env=runtime_env,

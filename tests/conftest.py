@@ -157,3 +157,41 @@ def ls_project(label_studio):
 
     project_id = label_studio.create_project(STANDARD_CONFIG)
     return project_id, label_studio.upload_images(project_id, eval_images(1))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Ray: one real local Ray and Ray Serve per test run, for every test that needs them. Local (address="local": a
+# stray RAY_ADDRESS or a `ray start` elsewhere is never joined), bound to loopback, with its own temp dir and ports;
+# shut down at the end of the run (never `ray stop`, which would stop every Ray on the machine). Defined here, once:
+# a fixture imported into several modules would be a separate definition, and start once per module.
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    import tempfile
+
+    import ray
+
+    from orchestrator.ray_runtime import start_ray
+
+    temp_dir = tempfile.mkdtemp(prefix="cm-ray-test-")
+    start_ray(num_cpus=2, temp_dir=temp_dir)
+    yield ray
+    try:
+        from ray import serve
+
+        serve.shutdown()
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def serve_http(ray_cluster) -> str:
+    """Ray Serve started with its HTTP proxy on a free loopback port; returns the base URL."""
+    from ray import serve
+
+    from store_support import free_port
+
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    return f"http://127.0.0.1:{port}"

@@ -12,7 +12,7 @@ same IoU curve; so the test follows the bundled model when it is replaced by a b
 Also checked through Label Studio: the "Start training" button reaches /webhook and queues a fine-tuning job, and
 a backend protected by Basic auth works when Label Studio has its credentials and is refused without them.
 
-One Label Studio per run (the session fixture of conftest.py) and one Ray Serve per run (tests/ray_support.py);
+One Label Studio per run and one Ray Serve per run (the session fixtures of conftest.py);
 this module deploys one application at a time (one model replica: one CPU), so it fits beside the other Ray tests.
 """
 from __future__ import annotations
@@ -29,7 +29,6 @@ from label_studio_sdk.converter.brush import decode_rle
 from sqlalchemy import select
 
 from ls_support import STANDARD_CONFIG, eval_images, smart_keypoint
-from ray_support import ray_cluster, serve_http  # noqa: F401  (session fixtures)
 from workers.model import Click
 from workers.model.clicker import Clicker
 from workers.model.datasets import read_ignore, read_image, read_mask

@@ -12,7 +12,6 @@ import requests
 
 from finetune_support import annotation_body, disk_images, predict_body, tiny_checkpoint
 from image_server import ImageServer
-from ray_support import ray_cluster, serve_http  # noqa: F401  (session fixtures)
 
 PROJECT = 42
 SIZE = (128, 96)  # w, h of the disk images

@@ -15,7 +15,6 @@ import torch
 
 from image_server import ImageServer
 from model_support import disk_scene
-from ray_support import ray_cluster, serve_http  # noqa: F401  (session fixtures)
 from workers.model.checkpoint import save_checkpoint
 from workers.model.network import ClickSegNet, NetConfig
 
@@ -45,7 +44,9 @@ def served(serve_http, tmp_path_factory, ls_request):
 
     command.upgrade(alembic_config(db_url), "head")
     settings = ImageSettings(allowed_hosts=(images.host,))
-    common = dict(checkpoint=str(checkpoint), model_version="tiny-1", images=settings, database_url=db_url)
+    # No CPU reservation: the two apps stay up for the whole run, beside other modules' apps on the 2-CPU cluster.
+    common = dict(checkpoint=str(checkpoint), model_version="tiny-1", images=settings, database_url=db_url,
+                  cpus_per_replica=0)
     serve.run(build_app(ServeConfig(**common)), name="open", route_prefix="/open")
     serve.run(build_app(ServeConfig(**common, basic_auth=("annotator", "s3cret"))), name="locked",
               route_prefix="/locked")
@@ -56,16 +57,18 @@ def served(serve_http, tmp_path_factory, ls_request):
     images.stop()
 
 
-def interactive(base: dict, image_url: str, clicks: list[tuple[float, float, bool]], first_id: str = "r0") -> dict:
-    """An interactive /predict body like Label Studio's, with smart keypoints at (x%, y%, positive)."""
+def interactive(base: dict, image_url: str, clicks: list[tuple[float, float, bool]], first_id: str = "r0",
+                size: tuple[int, int] = (W, H)) -> dict:
+    """An interactive /predict body like Label Studio's, with smart keypoints at (x%, y%, positive), for an image
+    that Label Studio believes is `size` (width, height)."""
     body = copy.deepcopy(base)
     body["tasks"][0]["data"]["image"] = image_url
     template = body["params"]["context"]["result"][0]
     regions = []
     for i, (x, y, positive) in enumerate(clicks):
         r = copy.deepcopy(template)
-        r.update(id=first_id if i == 0 else f"{first_id}-{i}", is_positive=positive, original_width=W,
-                 original_height=H)
+        r.update(id=first_id if i == 0 else f"{first_id}-{i}", is_positive=positive, original_width=size[0],
+                 original_height=size[1])
         r["value"].update(x=x, y=y)
         regions.append(r)
     body["params"]["context"]["result"] = regions
@@ -193,3 +196,35 @@ def test_answered_clicks_and_webhook_annotations_reach_the_database(served, ls_r
             break
         time.sleep(0.5)
     assert clicks >= 2 and masks >= 2 and annotations >= 1
+
+
+def test_a_size_label_studio_reports_differently_and_a_smart_box_are_honoured(served):
+    from ray import serve
+
+    from workers.model import Click
+    from workers.serving import SegmentRequest
+
+    # Label Studio thinks the image is twice its real size: the answer comes at Label Studio's size.
+    body = interactive(served["body"], served["images"].url("disk.png"), [(46.9, 50.0, True)], first_id="big",
+                       size=(2 * W, 2 * H))
+    answer = requests.post(served["url"] + "/open/predict", json=body, timeout=60).json()
+    assert decode_brush(answer["results"][0]["result"][0]).shape == (2 * H, 2 * W)
+    # ... and on the replica the next click builds on the last one, in the image's own pixels.
+    handle = serve.get_deployment_handle("ClickModel", "open").options(multiplexed_model_id="img-scaled")
+    rgb, _ = disk_scene(h=H, w=W)
+    one = SegmentRequest("img-scaled", "o", [Click(300, 240, True)], size=(2 * W, 2 * H))
+    assert handle.segment.remote(one, rgb).result().mask().shape == (H, W)
+    two = SegmentRequest("img-scaled", "o", one.clicks + [Click(20, 20, False)], size=(2 * W, 2 * H))
+    assert handle.segment.remote(two).result().incremental
+    # A smart rectangle alone: the mask stays inside it.
+    box_body = interactive(served["body"], served["images"].url("disk.png"), [(46.9, 50.0, True)], first_id="box")
+    region = box_body["params"]["context"]["result"][0]
+    region.update(type="rectanglelabels", from_name="rect")
+    region["value"] = {"x": 25.0, "y": 25.0, "width": 50.0, "height": 50.0, "rotation": 0,
+                       "rectanglelabels": ["Cat"]}
+    answer = requests.post(served["url"] + "/open/predict", json=box_body, timeout=60).json()
+    assert "errors" not in answer, answer
+    mask = decode_brush(answer["results"][0]["result"][0])
+    outside = np.ones_like(mask, bool)
+    outside[60:180, 80:240] = False
+    assert not mask[outside].any()

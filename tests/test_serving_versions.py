@@ -73,3 +73,16 @@ def test_a_few_versions_are_kept_and_the_base_always(replica):
     held = model.versions()
     assert "tiny-base" in held and len(held) == VERSIONS_PER_REPLICA + 1
     assert held[-VERSIONS_PER_REPLICA:] == [f"v{i}" for i in range(2, VERSIONS_PER_REPLICA + 2)]
+
+
+def test_clicks_and_box_are_scaled_to_the_image_the_replica_holds():
+    from workers.model import Click
+    from workers.serving import SegmentRequest, in_image
+
+    request = SegmentRequest("img", "obj", [Click(160, 120, True), Click(319, 239, False)], box=(10, 20, 110, 220),
+                             size=(320, 240))
+    clicks, box = in_image(request, 640, 480)
+    assert clicks == [Click(320, 240, True), Click(638, 478, False)]
+    assert box == (20, 40, 220, 440)
+    assert in_image(request, 320, 240) == (request.clicks, request.box)
+    assert in_image(SegmentRequest("img", "obj", request.clicks), 640, 480)[0] == request.clicks

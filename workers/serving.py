@@ -56,6 +56,8 @@ class SegmentRequest:
     model_version: str | None = None  # what the project serves (None: the base)
     checkpoint_key: str | None = None  # that version's checkpoint in the object store (None: the base)
     project: int | None = None
+    box: tuple[float, float, float, float] | None = None  # (x0, y0, x1, y1): a smart rectangle bounding the object
+    size: tuple[int, int] | None = None  # (width, height) the clicks and box are measured in; None: the image's own
 
 
 @dataclass
@@ -76,9 +78,22 @@ class SegmentResult:
 
 @dataclass
 class _ObjectState:
-    clicks: list[Click]
+    clicks: list[Click]  # as requested (in the request's frame), to compare with the next request
     prediction: Prediction
     version: str
+    box: tuple | None = None
+
+
+def in_image(request: SegmentRequest, width: int, height: int) -> tuple[list[Click], tuple | None]:
+    """The request's clicks and box in the pixels of the image the replica holds: Label Studio measures them in
+    the image's size as it knows it, which need not be the decoded size."""
+    if request.size is None or tuple(request.size) == (width, height):
+        return list(request.clicks), request.box
+    sx, sy = width / request.size[0], height / request.size[1]
+    clicks = [Click(min(c.x * sx, width - 1), min(c.y * sy, height - 1), c.positive) for c in request.clicks]
+    box = None if request.box is None else (request.box[0] * sx, request.box[1] * sy,
+                                             request.box[2] * sx, request.box[3] * sy)
+    return clicks, box
 
 
 @dataclass
@@ -217,15 +232,18 @@ class ClickModel:
                 predictor.set_image(state.rgb)
                 self._current_image[version] = request.image_key
             old = state.objects.get(request.object_key)
-            prev, incremental = None, False
-            if old is not None and old.version == version and old.clicks == request.clicks[:-1]:
-                prev, incremental = old.prediction, True
+            same_object = old is not None and old.version == version and old.box == request.box
             t0 = time.perf_counter()
-            prediction = predictor.predict(request.clicks, prev)
+            if same_object and old.clicks == request.clicks:  # the same request again: the same answer
+                prediction, incremental = old.prediction, True
+            else:
+                incremental = same_object and old.clicks == request.clicks[:-1]
+                clicks, box = in_image(request, state.rgb.shape[1], state.rgb.shape[0])
+                prediction = predictor.predict(clicks, old.prediction if incremental else None, box=box)
             predict_ms = (time.perf_counter() - t0) * 1000
         if request.project is not None:
             self._project_version[request.project] = version
-        state.objects[request.object_key] = _ObjectState(list(request.clicks), prediction, version)
+        state.objects[request.object_key] = _ObjectState(list(request.clicks), prediction, version, request.box)
         state.objects.move_to_end(request.object_key)
         while len(state.objects) > OBJECTS_PER_IMAGE:
             state.objects.popitem(last=False)

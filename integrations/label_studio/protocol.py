@@ -63,13 +63,6 @@ class SmartObject:
         centre = Click(min((x0 + x1) / 2, self.width - 1), min((y0 + y1) / 2, self.height - 1), True)
         return (centre, *self.clicks)
 
-    def scaled_to(self, width: int, height: int) -> SmartObject:
-        """The same object at another image size (when the decoded image differs from what Label Studio said)."""
-        sx, sy = width / self.width, height / self.height
-        clicks = tuple(Click(min(c.x * sx, width - 1), min(c.y * sy, height - 1), c.positive) for c in self.clicks)
-        box = None if self.box is None else (self.box[0] * sx, self.box[1] * sy, self.box[2] * sx, self.box[3] * sy)
-        return SmartObject(self.key, self.label, self.brush_label, width, height, clicks, box, self.region_ids)
-
 
 @dataclass(frozen=True)
 class PredictRequest:

@@ -188,16 +188,15 @@ class Backend:
         results, scores = [], []
         answered = serving.name
         for obj in parsed.objects:
-            clicks = list(obj.clicks) or _box_clicks(obj.box)
+            clicks = list(obj.prompt_clicks())
             t0 = time.perf_counter()
             handle = self.model.options(multiplexed_model_id=key)
-            version = dict(model_version=serving.name, checkpoint_key=serving.checkpoint_key, project=pid)
-            answer: SegmentResult | None = await handle.segment.remote(SegmentRequest(key, obj.key, clicks, **version))
+            request = SegmentRequest(key, obj.key, clicks, box=obj.box, size=(obj.width, obj.height),
+                                     model_version=serving.name, checkpoint_key=serving.checkpoint_key, project=pid)
+            answer: SegmentResult | None = await handle.segment.remote(request)
             if answer is None:  # that replica does not hold the image yet
                 image = image if image is not None else await asyncio.to_thread(self.fetcher.fetch, task.image_uri)
-                scaled = obj.scaled_to(image.shape[1], image.shape[0])
-                clicks = list(scaled.clicks) or _box_clicks(scaled.box)
-                answer = await handle.segment.remote(SegmentRequest(key, obj.key, clicks, **version), image)
+                answer = await handle.segment.remote(request, image)
             answered = answer.model_version
             total_ms = (time.perf_counter() - t0) * 1000
             mask = answer.mask()
@@ -250,13 +249,3 @@ class Backend:
 
         outcome = await asyncio.to_thread(handle_event, self.session_factory, body)
         return {"status": outcome.status, "reason": outcome.reason}
-
-
-def _box_clicks(box) -> list:
-    """A smart rectangle alone: one positive click at its centre."""
-    from workers.model import Click
-
-    if box is None:
-        raise ProtocolError("the object has neither a smart keypoint nor a smart rectangle")
-    x0, y0, x1, y1 = box
-    return [Click((x0 + x1) / 2, (y0 + y1) / 2, True)]
