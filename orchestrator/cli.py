@@ -24,9 +24,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from orchestrator.settings import SettingsError
+
     args = build_parser().parse_args(argv)
     try:
         return int(args.handler(args) or 0)
+    except SettingsError as exc:  # a CLICKMASK_* variable that cannot be used: say which, no stack trace
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -23,13 +23,9 @@ def run(args: argparse.Namespace) -> int:
     from sqlalchemy.exc import SQLAlchemyError
 
     from migrations import alembic_config
-    from orchestrator.settings import Settings, SettingsError
+    from orchestrator.settings import Settings
 
-    try:
-        settings = Settings.from_env()
-    except SettingsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    settings = Settings.from_env()
     config = alembic_config(settings.database_url)
     try:
         if args.db_action == "upgrade":

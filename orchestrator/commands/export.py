@@ -28,13 +28,9 @@ def run(args: argparse.Namespace) -> int:
 
     from integrations.coco_export import ExportError, export_coco
     from orchestrator.db import make_engine, make_session_factory
-    from orchestrator.settings import Settings, SettingsError
+    from orchestrator.settings import Settings
 
-    try:
-        settings = Settings.from_env()
-    except SettingsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    settings = Settings.from_env()
     engine = make_engine(settings.database_url)
     try:
         report = export_coco(make_session_factory(engine), args.project, args.out, polygons=args.polygons,
