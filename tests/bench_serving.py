@@ -31,7 +31,6 @@ Smoke run with small counts on a busy machine (about 2 minutes):
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import statistics

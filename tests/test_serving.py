@@ -4,7 +4,6 @@ these tests are about the protocol, state and errors, not mask quality."""
 from __future__ import annotations
 
 import copy
-import json
 import time
 
 import cv2

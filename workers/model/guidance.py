@@ -7,7 +7,6 @@ cue hands the network the data term that GrabCut builds from colour models, at t
 """
 from __future__ import annotations
 
-import cv2
 import numpy as np
 
 from .clicks import Click, encode_clicks
@@ -63,9 +62,3 @@ def guidance_maps(
     out[2] = 0.0 if prev_prob is None else prev_prob
     out[3] = colour_cue(colour_bins(rgb) if bins is None else bins, clicks, prev_prob)
     return out
-
-
-def resize(arr: np.ndarray, width: int, height: int) -> np.ndarray:
-    """Bilinear resize of an H x W (x C) array to height x width (area averaging when shrinking a lot)."""
-    interp = cv2.INTER_AREA if arr.shape[1] > 2 * width else cv2.INTER_LINEAR
-    return cv2.resize(arr, (width, height), interpolation=interp)
