@@ -1,9 +1,13 @@
 """The model replica: a Ray Serve deployment hosting one click predictor.
 
 Each replica holds one copy of the weights, pinned to one torch thread (one CPU) or one GPU, a small cache of
-decoded images and, per object being segmented, the clicks and prediction of the last request. A request that adds
-one click to the cached clicks costs one prediction; anything else (a new object, an edited click history, a cache
-miss) costs one prediction from the clicks alone, never a replay.
+decoded images and, per object being segmented, the clicks and prediction of the last request. That state is a
+cache, never the only copy: the answer to a click history is the chain of predictions over it (each click's
+prediction fed to the next), so any replica answers any request the same, whether it has seen the object or not.
+A request that adds one click to the cached clicks costs one prediction; anything else (a new object, an edited
+click history, a replica that never saw the object) replays the chain, one prediction per click (at most
+REPLAY_CLICKS: a longer history on a miss is chained over its last REPLAY_CLICKS clicks, as a bound on the work
+one request can ask for).
 
 Requests for the same image go to the same replica: the image key is passed as Ray Serve's multiplexed model id,
 so the router prefers the replica that already holds the image and its objects (the per-image state plays the role
@@ -41,6 +45,7 @@ log = logging.getLogger(__name__)
 IMAGES_PER_REPLICA = 16
 OBJECTS_PER_IMAGE = 64
 VERSIONS_PER_REPLICA = 4  # fine-tuned predictors kept besides the base (a small net is a few MB)
+REPLAY_CLICKS = 64  # annotators rarely go past 20 clicks on an object; Label Studio may send up to 1,000
 FIRST_LOAD_TIMEOUT_S = 60.0
 RETRY_FAILED_LOAD_S = 30.0  # a version that failed to load is not tried again sooner (no load per request)
 
@@ -100,6 +105,15 @@ def in_image(request: SegmentRequest, width: int, height: int) -> tuple[list[Cli
 class _ImageState:
     rgb: np.ndarray | None = None
     objects: OrderedDict = field(default_factory=OrderedDict)
+
+
+def replay(predictor, clicks: list[Click], box) -> Prediction:
+    """The chain of predictions over a click history: what a replica that saw every click would hold."""
+    start = max(0, len(clicks) - REPLAY_CLICKS)
+    prediction = None
+    for k in range(start + 1, len(clicks) + 1):
+        prediction = predictor.predict(clicks[:k], prediction, box=box)
+    return prediction
 
 
 def mask_score(prob: np.ndarray, mask: np.ndarray) -> float:
@@ -239,7 +253,10 @@ class ClickModel:
             else:
                 incremental = same_object and old.clicks == request.clicks[:-1]
                 clicks, box = in_image(request, state.rgb.shape[1], state.rgb.shape[0])
-                prediction = predictor.predict(clicks, old.prediction if incremental else None, box=box)
+                if incremental:
+                    prediction = predictor.predict(clicks, old.prediction, box=box)
+                else:
+                    prediction = replay(predictor, clicks, box)
             predict_ms = (time.perf_counter() - t0) * 1000
         if request.project is not None:
             self._project_version[request.project] = version
