@@ -6,7 +6,7 @@ import argparse
 import importlib
 import sys
 
-COMMAND_MODULES = ["train", "evaluate", "bench", "serve", "db", "export", "sync", "finetune", "models"]
+COMMAND_MODULES = ["train", "evaluate", "bench", "serve", "db", "export", "sync", "finetune", "models", "report"]
 
 
 def build_parser() -> argparse.ArgumentParser:
