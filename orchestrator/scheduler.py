@@ -4,7 +4,8 @@ One loop thread (in `clickmask serve`, or in `clickmask finetune` for one job): 
 jobs whose runner went silent, queues a job for each project whose triggers are due (N new annotations, or T minutes
 with new data), then claims and runs queued jobs one at a time. A job:
   1. snapshots the project's submitted annotations and splits them by image (workers.finetune.split_by_image);
-  2. runs workers.finetune on Ray (one CPU, nice 19, never on a serving replica), beating while it waits;
+  2. runs workers.finetune on Ray (one CPU, nice 19, never on a serving replica; in a job slot of the job group
+     where the cluster declares one, orchestrator.placement), beating while it waits;
   3. records the candidate version (checkpoint key, parent, metrics of both) as promoted or rejected by `better`;
   4. records the job: state, timings, counts, split, metrics, decision, or the error that stopped it.
 Promotion is a registry update; serving picks it up within the ingress's cache time (orchestrator.registry).
@@ -96,6 +97,9 @@ class Scheduler:
     def wake(self) -> None:
         self._wake.set()
 
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:
@@ -179,7 +183,10 @@ class Scheduler:
 
         from workers.finetune import remote_finetune
 
-        ref = remote_finetune().options(num_cpus=self.config.finetune.cpus).remote(prepared.spec)
+        from .placement import cluster_resources, job_options
+
+        options = job_options(cluster_resources(), self.config.finetune.cpus)
+        ref = remote_finetune().options(**options).remote(prepared.spec)
         deadline = time.monotonic() + self.config.finetune.timeout_minutes * 60
         while True:
             done, _ = ray.wait([ref], timeout=self.config.heartbeat_s)

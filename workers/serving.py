@@ -128,6 +128,10 @@ class ClickModel:
         import torch
 
         torch.set_num_threads(1)
+        import ray
+
+        # A replica placed with a GPU (orchestrator.placement) computes on it; Ray sets CUDA_VISIBLE_DEVICES to it.
+        self._device = "cuda" if ray.is_initialized() and ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="predict")
         self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="load")
         self._lock = threading.Lock()  # one prediction at a time
@@ -143,7 +147,7 @@ class ClickModel:
     def _load(self, checkpoint: str, version: str) -> None:
         from workers.model.predictor import load_predictor
 
-        predictor = load_predictor(checkpoint)
+        predictor = load_predictor(checkpoint, device=self._device)
         with self._models_lock:
             self._predictors.pop(getattr(self, "_version", None), None)
             self._predictors[version] = predictor
@@ -206,7 +210,7 @@ class ClickModel:
             with tempfile.TemporaryDirectory(prefix="cm-ckpt-") as tmp:
                 path = f"{tmp}/model.pt"
                 open_store(self._store_url, self._s3_endpoint_url).get_file(key, path)
-                predictor = load_predictor(path)
+                predictor = load_predictor(path, device=self._device)
             with self._models_lock:
                 self._predictors[version] = predictor
                 extra = [v for v in self._predictors if v != self._version]

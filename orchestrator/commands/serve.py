@@ -26,8 +26,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--replicas", type=int, default=int(os.environ.get("CLICKMASK_REPLICAS", "1")))
     p.add_argument("--max-replicas", type=int, default=int(os.environ.get("CLICKMASK_MAX_REPLICAS", "0")),
                    help="autoscale up to this many replicas under load (default: fixed --replicas)")
-    p.add_argument("--gpus-per-replica", type=float,
-                   default=float(os.environ.get("CLICKMASK_GPUS_PER_REPLICA", "0")))
+    gpus = os.environ.get("CLICKMASK_GPUS_PER_REPLICA", "").strip()
+    p.add_argument("--gpus-per-replica", type=float, default=float(gpus) if gpus else None,
+                   help="GPUs (or a fraction) each replica asks for (default: one when the cluster has GPUs)")
     p.add_argument("--no-db", action="store_true", help="do not record clicks and annotations")
     p.set_defaults(handler=run)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from integrations.images import ImageSettings
+from orchestrator.placement import cluster_resources, replica_actor_options, stable_node_options
 from workers.serving import ClickModel
 
 from .ingress import Backend, IngressOptions
@@ -18,7 +19,10 @@ class ServeConfig:
     replicas: int = 1
     max_replicas: int | None = None  # with a maximum above `replicas`, Ray Serve autoscales between the two
     target_ongoing_requests: float = 2.0
-    gpus_per_replica: float = 0.0
+    # Add replicas soon (a burst of annotators is waiting), remove them late (a replica takes seconds to start).
+    upscale_delay_s: float = 10.0
+    downscale_delay_s: float = 120.0
+    gpus_per_replica: float | None = None  # None: one GPU per replica when the cluster has GPUs, else none
     cpus_per_replica: float = 1.0  # each replica computes with one torch thread
     images: ImageSettings = field(default_factory=ImageSettings)
     database_url: str | None = None
@@ -28,17 +32,19 @@ class ServeConfig:
     basic_auth: tuple[str, str] | None = field(default=None, repr=False)
 
 
-def build_app(config: ServeConfig):
-    """The bound application, ready for serve.run."""
+def build_app(config: ServeConfig, cluster: dict[str, float] | None = None):
+    """The bound application, ready for serve.run. `cluster`: the Ray cluster's resources (orchestrator.placement),
+    read from the connected cluster when not given."""
+    cluster = cluster_resources() if cluster is None else cluster
     model_options: dict = {
         "user_config": {"checkpoint": config.checkpoint, "version": config.model_version},
-        "ray_actor_options": {"num_cpus": 0 if config.gpus_per_replica else config.cpus_per_replica,
-                              "num_gpus": config.gpus_per_replica},
+        "ray_actor_options": replica_actor_options(cluster, config.gpus_per_replica, config.cpus_per_replica),
     }
     if config.max_replicas and config.max_replicas > config.replicas:
         model_options["autoscaling_config"] = {
             "min_replicas": config.replicas, "max_replicas": config.max_replicas,
             "target_ongoing_requests": config.target_ongoing_requests,
+            "upscale_delay_s": config.upscale_delay_s, "downscale_delay_s": config.downscale_delay_s,
         }
     else:
         model_options["num_replicas"] = config.replicas
@@ -46,4 +52,4 @@ def build_app(config: ServeConfig):
                                                      config.s3_endpoint_url)
     options = IngressOptions(images=config.images, database_url=config.database_url, basic_auth=config.basic_auth,
                              registry_ttl_s=config.registry_ttl_s)
-    return Backend.bind(model, options, config.model_version)
+    return Backend.options(ray_actor_options=stable_node_options(cluster)).bind(model, options, config.model_version)

@@ -53,9 +53,10 @@ def to_tensors(rgb: np.ndarray, guidance: np.ndarray) -> tuple[torch.Tensor, tor
 class ClickSegPredictor(Predictor):
     name = "clickseg"
 
-    def __init__(self, net: ClickSegNet, config: PredictorConfig = PredictorConfig()):
+    def __init__(self, net: ClickSegNet, config: PredictorConfig = PredictorConfig(), device: str = "cpu"):
         super().__init__()
-        self.net = fuse_for_inference(net).to(memory_format=torch.channels_last)
+        self.device = torch.device(device)
+        self.net = fuse_for_inference(net).to(self.device, memory_format=torch.channels_last)
         self.config = config
 
     def frame_for(self, clicks: list[Click], prev_prob: np.ndarray | None, box=None) -> Frame:
@@ -81,15 +82,15 @@ class ClickSegPredictor(Predictor):
         fclicks = frame.clicks_in(clicks)
         fprev = None if prev_prob is None else frame.crop(prev_prob)
         guidance = guidance_maps(rgb, fclicks, fprev)
-        image_t, guidance_t = to_tensors(rgb[None], guidance[None])
+        image_t, guidance_t = (t.to(self.device) for t in to_tensors(rgb[None], guidance[None]))
         if self.config.flip:
             image_t = torch.cat([image_t, image_t.flip(-1)])
             guidance_t = torch.cat([guidance_t, guidance_t.flip(-1)])
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.config.bf16):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.bf16):
             prob = torch.sigmoid(self.net(image_t, guidance_t).float())
         if self.config.flip:
             prob = (prob[:1] + prob[1:].flip(-1)) / 2
-        fprob = prob[0, 0].numpy()
+        fprob = prob[0, 0].cpu().numpy()
         if self.config.keep_clicked_component:
             fprob = keep_clicked_components(fprob, fclicks)
         canvas = np.zeros((h, w), np.float32) if prev_prob is None else prev_prob.astype(np.float32, copy=True)
@@ -116,10 +117,10 @@ def keep_clicked_components(prob: np.ndarray, clicks: list[Click]) -> np.ndarray
     return out
 
 
-def load_predictor(spec: str | Path = "base", **overrides) -> ClickSegPredictor:
-    """A predictor from the bundled model ("base") or a checkpoint path; keyword arguments override the
-    checkpoint's PredictorConfig (e.g. flip=True, zoom_in=False)."""
+def load_predictor(spec: str | Path = "base", device: str = "cpu", **overrides) -> ClickSegPredictor:
+    """A predictor from the bundled model ("base") or a checkpoint path, computing on `device` (a torch device:
+    "cpu", "cuda"); keyword arguments override the checkpoint's PredictorConfig (e.g. flip=True, zoom_in=False)."""
     path = BASE_CHECKPOINT if str(spec) == "base" else Path(spec)
     payload = load_checkpoint(path)
     config = {**payload.get("predictor", {}), **overrides}
-    return ClickSegPredictor(build_net(payload), PredictorConfig(**config))
+    return ClickSegPredictor(build_net(payload), PredictorConfig(**config), device=device)
