@@ -204,6 +204,10 @@ class ImageFetcher:
             try:
                 response = self.session.get(url, headers=headers, stream=True, allow_redirects=False,
                                             timeout=self.settings.timeout_s)
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                where = "Label Studio" if to_ls else "the image host"
+                raise ImageFetchError(f"image {name}: {where} is unavailable ({type(exc).__name__}); try again "
+                                      "later") from None
             except requests.RequestException as exc:
                 raise ImageFetchError(f"image {name} could not be fetched ({type(exc).__name__})") from None
             with response:
@@ -245,7 +249,8 @@ class ImageFetcher:
     # -------------------------------------------------------------------------------------------------- s3
 
     def _s3(self, uri: str) -> bytes:
-        from botocore.exceptions import BotoCoreError, ClientError
+        from botocore.exceptions import (BotoCoreError, ClientError, ConnectionClosedError, ConnectTimeoutError,
+                                         EndpointConnectionError, ReadTimeoutError)
 
         parts = urlsplit(uri)
         bucket, key, name = parts.netloc.lower(), parts.path.lstrip("/"), describe(uri)
@@ -263,9 +268,14 @@ class ImageFetcher:
                 data = body.read(limit + 1)
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "error")
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
             if code in ("NoSuchKey", "404", "NotFound"):
                 raise ImageFetchError(f"image {name} does not exist") from None
+            if status >= 500:
+                raise ImageFetchError(f"image {name}: S3 is unavailable ({code}); try again later") from None
             raise ImageFetchError(f"image {name}: S3 answered {code}") from None
+        except (EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError, ConnectionClosedError) as exc:
+            raise ImageFetchError(f"image {name}: S3 is unavailable ({type(exc).__name__}); try again later") from None
         except BotoCoreError as exc:
             raise ImageFetchError(f"image {name}: S3 not usable ({type(exc).__name__})") from None
         if len(data) > limit:
@@ -276,8 +286,15 @@ class ImageFetcher:
         with self._s3_lock:
             if self._s3_client is None:
                 import boto3
+                from botocore.config import Config
 
-                self._s3_client = boto3.session.Session().client("s3", endpoint_url=self.settings.s3_endpoint_url)
+                # botocore's defaults (60 s to connect, 60 s per read, 5 attempts) would hold a click for minutes
+                # when S3 hangs; the fetch's own time limit applies instead.
+                timeout = self.settings.timeout_s
+                config = Config(connect_timeout=min(timeout, 10.0), read_timeout=timeout,
+                                retries={"max_attempts": 2, "mode": "standard"})
+                self._s3_client = boto3.session.Session().client("s3", endpoint_url=self.settings.s3_endpoint_url,
+                                                                 config=config)
             return self._s3_client
 
     # ---------------------------------------------------------------------------------------------- decode

@@ -2,9 +2,11 @@
 
 The serving code calls `Recorder.record(click)`, which only puts the click on a bounded queue and never waits for
 the database. A writer thread takes what has queued up and writes it in one short transaction per batch. A clean
-`stop()` writes everything still queued. When the database is down, the writer retries each batch a few times
-and then drops it; when the queue is full, new clicks are dropped at once. Every drop is counted, logged, and
-shown by `status()`, so an outage is visible without making an annotator wait.
+`stop()` writes everything still queued. When the database is down, the writer keeps the batch and tries again,
+less and less often (every `MAX_RETRY_DELAY_S` at most), until the database is back, so an outage loses no queued
+click; meanwhile new clicks queue up to the bound, and when the queue is full they are dropped at once. A stopping
+recorder gives a batch `attempts` tries at most. Every drop is counted, logged, and shown by `status()`, so an
+outage is visible without making an annotator wait.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ log = logging.getLogger(__name__)
 
 CACHE_LIMIT = 50_000  # ids remembered per kind; cleared when exceeded (a cache miss only costs a query)
 DROP_LOG_INTERVAL_S = 10.0
+MAX_RETRY_DELAY_S = 5.0  # how long a writer waiting for the database sleeps between tries, at most
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +80,7 @@ class Recorder:
         session_factory: sessionmaker[Session],
         queue_size: int = 10_000,
         batch_size: int = 500,
-        attempts: int = 3,
+        attempts: int = 2,  # tries per batch once stopping
         retry_delay_s: float = 0.5,
     ):
         self.session_factory = session_factory
@@ -175,7 +178,9 @@ class Recorder:
         return batch
 
     def _write_with_retries(self, batch: list[ClickRecord]) -> None:
-        for attempt in range(1, self.attempts + 1):
+        attempt = 0
+        while True:
+            attempt += 1
             try:
                 self._write(batch)
                 self._set_health(True, None, len(batch))
@@ -191,10 +196,11 @@ class Recorder:
             except (SQLAlchemyError, ValueError, TypeError):
                 self._write_one_by_one(batch)
                 return
-            # While stopping, one retry only: shutdown must not wait through every retry of every batch.
-            if attempt == self.attempts or (self.stopping.is_set() and attempt >= 2):
+            # The database is away: keep the batch until it is back (the queue's bound caps what waits). Only a
+            # stopping recorder gives up, so that shutdown never waits through an outage.
+            if self.stopping.is_set() and attempt >= self.attempts:
                 break
-            time.sleep(self.retry_delay_s * attempt)
+            self.stopping.wait(min(self.retry_delay_s * attempt, MAX_RETRY_DELAY_S))
         self._drop(len(batch), self.last_error or "database unavailable", force_log=True)
 
     def _write_one_by_one(self, batch: list[ClickRecord]) -> None:

@@ -233,7 +233,7 @@ def test_unreachable_host_is_a_clear_error():
     port = Site()  # bind and release a port, so nothing listens there
     port.close()
     fetcher = ImageFetcher(ImageSettings(allowed_hosts=("127.0.0.1",), timeout_s=2))
-    with pytest.raises(ImageFetchError, match=r"could not be fetched \(ConnectionError\)"):
+    with pytest.raises(ImageFetchError, match=r"the image host is unavailable \(ConnectionError\); try again later"):
         fetcher.fetch(f"{port.url}/a.png")
 
 
@@ -364,7 +364,7 @@ def test_s3_unreachable_is_a_clear_error(aws_env):
     closed = Site()
     closed.close()
     fetcher = ImageFetcher(ImageSettings(allowed_buckets=("b",), s3_endpoint_url=closed.url))
-    with pytest.raises(ImageFetchError, match=r"S3 not usable \(EndpointConnectionError\)"):
+    with pytest.raises(ImageFetchError, match=r"S3 is unavailable \(EndpointConnectionError\); try again later"):
         fetcher.fetch("s3://b/a.png")
 
 

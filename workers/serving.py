@@ -27,9 +27,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import tempfile
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -116,6 +118,15 @@ def replay(predictor, clicks: list[Click], box) -> Prediction:
     return prediction
 
 
+def rss_bytes() -> int:
+    """This process's resident memory (Linux), for stats()."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def mask_score(prob: np.ndarray, mask: np.ndarray) -> float:
     """Mean confidence inside the mask: how far the kept pixels are from the threshold."""
     return float(prob[mask].mean()) if mask.any() else 0.0
@@ -142,6 +153,7 @@ class ClickModel:
         self._failed: dict = {}  # version -> monotonic time of its last failed load
         self._project_version: dict = {}  # project -> the version that last answered it here
         self._current_image: dict = {}  # version -> image key its predictor holds
+        self._states = weakref.WeakValueDictionary()  # image key -> state, while Serve keeps it (for stats())
         self._load(checkpoint, version)
 
     def _load(self, checkpoint: str, version: str) -> None:
@@ -168,6 +180,16 @@ class ClickModel:
         """The versions this replica holds, least recently used first."""
         with self._models_lock:
             return list(self._predictors)
+
+    def stats(self) -> dict:
+        """What this replica holds (to watch its memory stay within IMAGES_PER_REPLICA and OBJECTS_PER_IMAGE)."""
+        states = list(self._states.values())
+        objects = [o for s in states for o in list(s.objects.values())]
+        return {"pid": os.getpid(), "rss_bytes": rss_bytes(), "images": len(states),
+                "image_bytes": sum(s.rgb.nbytes for s in states if s.rgb is not None),
+                "objects": len(objects), "max_objects_per_image": max((len(s.objects) for s in states), default=0),
+                "object_bytes": sum(o.prediction.prob.nbytes + o.prediction.mask.nbytes for o in objects),
+                "versions": len(self._predictors)}
 
     # ---------------------------------------------------------------------------------------- model versions
 
@@ -231,7 +253,8 @@ class ClickModel:
 
     @serve.multiplexed(max_num_models_per_replica=IMAGES_PER_REPLICA)
     async def _image_state(self, image_key: str) -> _ImageState:
-        return _ImageState()
+        state = self._states[image_key] = _ImageState()
+        return state
 
     async def segment(self, request: SegmentRequest, image: np.ndarray | None = None) -> SegmentResult | None:
         """None when this replica does not hold the image and `image` was not given: send it again with it."""

@@ -17,6 +17,7 @@ import base64
 import hashlib
 import hmac
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -26,13 +27,15 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from ray import serve
+from ray.exceptions import RayActorError
 from ray.serve.handle import DeploymentHandle
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from integrations.images import ImageFetcher, ImageFetchError, ImageSettings
 from integrations.label_studio import protocol
 from integrations.label_studio.errors import ProtocolError
 from workers.model.errors import InvalidInputError
-from workers.serving import SegmentRequest, SegmentResult
+from workers.serving import SegmentRequest, SegmentResult, rss_bytes
 
 log = logging.getLogger(__name__)
 app = FastAPI(title="clickmask", docs_url=None, redoc_url=None, openapi_url=None)
@@ -80,6 +83,13 @@ class Backend:
     def __del__(self):
         if self.recorder is not None:
             self.recorder.stop()
+
+    def stats(self) -> dict:
+        """Memory and queues of this ingress (to watch them stay within their bounds under load)."""
+        cache = self.fetcher.cache
+        recorder = self.recorder.status().__dict__ if self.recorder is not None else None
+        return {"pid": os.getpid(), "rss_bytes": rss_bytes(), "image_cache_images": len(cache),
+                "image_cache_bytes": cache.bytes, "image_cache_max_bytes": cache.max_bytes, "recorder": recorder}
 
     # ------------------------------------------------------------------------------------------------ plumbing
 
@@ -175,7 +185,7 @@ class Backend:
         try:
             return await self._interactive(parsed, serving)
         except (ProtocolError, ImageFetchError, InvalidInputError) as exc:
-            return protocol.error_response(str(exc))
+            return protocol.interactive_error_response(serving.name, str(exc))
         except Exception:
             log.exception("interactive prediction failed")
             return JSONResponse(protocol.error_response("internal error while predicting"), status_code=500)
@@ -193,10 +203,10 @@ class Backend:
             handle = self.model.options(multiplexed_model_id=key)
             request = SegmentRequest(key, obj.key, clicks, box=obj.box, size=(obj.width, obj.height),
                                      model_version=serving.name, checkpoint_key=serving.checkpoint_key, project=pid)
-            answer: SegmentResult | None = await handle.segment.remote(request)
+            answer: SegmentResult | None = await self._segment(handle, request)
             if answer is None:  # that replica does not hold the image yet
                 image = image if image is not None else await asyncio.to_thread(self.fetcher.fetch, task.image_uri)
-                answer = await handle.segment.remote(request, image)
+                answer = await self._segment(handle, request, image)
             answered = answer.model_version
             total_ms = (time.perf_counter() - t0) * 1000
             mask = answer.mask()
@@ -208,6 +218,17 @@ class Backend:
             self._record(parsed, task, obj, clicks, answer, mask, total_ms)
         return protocol.predict_response(
             [protocol.prediction(results, float(np.mean(scores)) if scores else 0.0, answered)])
+
+    @staticmethod
+    async def _segment(handle, request: SegmentRequest, image: np.ndarray | None = None) -> SegmentResult | None:
+        """One replica call. A replica that dies under it (killed, or its node gone) is no longer routed to and
+        Ray Serve starts another; the request carries the object's whole click history, so it is asked once more
+        (the next replica may answer None, and is then sent the image)."""
+        try:
+            return await handle.segment.remote(request, image)
+        except RayActorError as exc:
+            log.warning("a model replica was lost during a request (%s); asking again", type(exc).__name__)
+            return await handle.segment.remote(request, image)
 
     def _record(self, parsed, task, obj, clicks, answer: SegmentResult, mask: np.ndarray, total_ms: float):
         if self.recorder is None or not clicks:
@@ -241,11 +262,27 @@ class Backend:
             # scheduler of `clickmask serve` runs it.
             from orchestrator.jobs import request_from_webhook
 
-            job = await asyncio.to_thread(request_from_webhook, self.session_factory, body)
+            try:
+                job = await asyncio.to_thread(request_from_webhook, self.session_factory, body)
+            except (OperationalError, InterfaceError) as exc:
+                return database_unavailable("START_TRAINING", exc)
             if job is None:
                 return JSONResponse(protocol.error_response("START_TRAINING names no project"), status_code=400)
             return {"status": "queued", "job": job}
         from orchestrator.events import handle_event
 
-        outcome = await asyncio.to_thread(handle_event, self.session_factory, body)
+        try:
+            outcome = await asyncio.to_thread(handle_event, self.session_factory, body)
+        except (OperationalError, InterfaceError) as exc:
+            return database_unavailable(body.get("action") if isinstance(body, dict) else None, exc)
         return {"status": outcome.status, "reason": outcome.reason}
+
+
+def database_unavailable(action, exc: Exception) -> JSONResponse:
+    """A webhook that could not be stored because the database is down: 503, so the sender knows to send again.
+    The driver's message (host, port, reason) is logged, not returned."""
+    from orchestrator.recorder import first_line
+
+    log.error("webhook %s not stored, database unavailable: %s", str(action)[:64], first_line(exc))
+    return JSONResponse(protocol.error_response("database unavailable: the event was not stored, send it again"),
+                        status_code=503, headers={"Retry-After": "10"})
