@@ -54,3 +54,8 @@ def job_options(cluster: Mapping[str, float], cpus: float) -> dict:
     if cluster.get(JOBS_RESOURCE, 0) > 0:
         options["resources"] = {JOBS_RESOURCE: 1}
     return options
+
+
+def job_slots(cluster: Mapping[str, float]) -> int:
+    """Fine-tuning jobs the cluster takes at once: its job slots, or one where it declares none."""
+    return max(1, int(cluster.get(JOBS_RESOURCE, 0)))

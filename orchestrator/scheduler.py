@@ -2,7 +2,10 @@
 
 One loop thread (in `clickmask serve`, or in `clickmask finetune` for one job): every `poll_s` it marks failed the
 jobs whose runner went silent, queues a job for each project whose triggers are due (N new annotations, or T minutes
-with new data), then claims and runs queued jobs one at a time. A job:
+with new data), then claims and runs the jobs queued at that moment, oldest first, as many at once as the cluster
+has job slots (orchestrator.placement; one where it declares none). Each project has at most one queued job and
+runs one at a time, so with several projects waiting each gets its turn in the order it asked: a project that
+asks again while its job runs goes after the projects already waiting. A job:
   1. snapshots the project's submitted annotations and splits them by image (workers.finetune.split_by_image);
   2. runs workers.finetune on Ray (one CPU, nice 19, never on a serving replica; in a job slot of the job group
      where the cluster declares one, orchestrator.placement), beating while it waits;
@@ -16,6 +19,7 @@ import logging
 import threading
 import time
 import traceback
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -57,6 +61,7 @@ class RunnerConfig:
     trigger_check_s: float = 30.0  # how often the N and T triggers are evaluated (a query per project)
     heartbeat_s: float = 5.0
     stale_after_s: float = 60.0
+    concurrent_jobs: int | None = None  # jobs at once; None: the cluster's job slots (at least one)
 
 
 @dataclass
@@ -119,14 +124,26 @@ class Scheduler:
             for ls_project, trigger in jobs.due_projects(self.factory, ft.every_annotations, ft.every_minutes):
                 log.info("project %s: queued fine-tuning job %s (%s)", ls_project,
                          jobs.enqueue(self.factory, ls_project, trigger), trigger)
-        ran = []
-        for job_id in jobs.claimable(self.factory):
-            if self._stop.is_set():
-                break
-            if jobs.claim(self.factory, job_id):
-                self.run(job_id)
-                ran.append(job_id)
+        # Claimed only when a slot is free: a claimed job is "running" and must beat, so it may not wait here.
+        ran, running = [], set()
+        slots = self.slots()
+        with ThreadPoolExecutor(max_workers=slots, thread_name_prefix="finetune-job") as pool:
+            for job_id in jobs.claimable(self.factory):
+                while len(running) >= slots:
+                    _, running = wait(running, return_when=FIRST_COMPLETED)
+                if self._stop.is_set():
+                    break
+                if jobs.claim(self.factory, job_id):
+                    running.add(pool.submit(self.run, job_id))
+                    ran.append(job_id)
         return ran
+
+    def slots(self) -> int:
+        if self.config.concurrent_jobs is not None:
+            return max(1, self.config.concurrent_jobs)
+        from .placement import cluster_resources, job_slots
+
+        return job_slots(cluster_resources())
 
     # ------------------------------------------------------------------------------------------------ one job
 
