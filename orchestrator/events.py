@@ -284,6 +284,8 @@ def get_image(session: Session, project: Project, parsed: ParsedAnnotation) -> I
     if image is None:
         image = Image(project_id=project.id, uri=parsed.image_uri, ls_task_id=parsed.task_id)
         session.add(image)
+    elif image.ls_task_id is None:
+        image.ls_task_id = parsed.task_id  # first seen through a click, which names no task
     if parsed.size is not None:
         if image.width is not None and (image.width, image.height) != parsed.size:
             # Raised inside the transaction: the project row written above is rolled back with it.

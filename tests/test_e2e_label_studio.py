@@ -9,6 +9,9 @@ UI does. The brush RLE that comes back is decoded and scored. The expectations a
 same predictor, loaded in this process and fed the same clicks (with its previous answer fed back), must give the
 same IoU curve; so the test follows the bundled model when it is replaced by a better one.
 
+The masks the backend answered, submitted as the annotation, come back bit for bit from `clickmask sync` and
+`clickmask export` (COCO, read with pycocotools), and from the backend's own database, fed by Label Studio's webhook.
+
 Also checked through Label Studio: the "Start training" button reaches /webhook and queues a fine-tuning job, and
 a backend protected by Basic auth works when Label Studio has its credentials and is refused without them.
 
@@ -108,13 +111,17 @@ def brush_mask(answer: dict, width: int, height: int) -> np.ndarray:
     return decode_rle(region["value"]["rle"]).reshape(height, width, 4)[:, :, 3] > 0
 
 
-def annotate(label_studio, backend_id: int, task: dict, gt: np.ndarray, ignore) -> tuple[list[Click], list[float]]:
-    """One object, clicked as the NoC protocol does, every click through Label Studio with the whole history."""
+def annotate(label_studio, backend_id: int, task: dict, gt: np.ndarray, ignore,
+             answers: list[dict] | None = None) -> tuple[list[Click], list[float]]:
+    """One object, clicked as the NoC protocol does, every click through Label Studio with the whole history.
+    With `answers`, the smart keypoints and the brush region of the last answer are left there (what the labeling
+    UI holds when the annotator submits)."""
     height, width = gt.shape
     clicker = Clicker(gt, ignore)
     regions: list[dict] = []
     ious: list[float] = []
     mask = None
+    answer = None
     while len(clicker.clicks) < MAX_CLICKS:
         if len(clicker.clicks) >= MIN_CLICKS and not all(c.positive for c in clicker.clicks):
             break
@@ -124,8 +131,11 @@ def annotate(label_studio, backend_id: int, task: dict, gt: np.ndarray, ignore) 
         # The UI places a keypoint in percent of the image; the backend turns it back into pixels.
         regions.append(smart_keypoint(click.x * 100 / width, click.y * 100 / height, width, height,
                                       positive=click.positive, region_id=f"t{task['id']}k{len(regions)}"))
-        mask = brush_mask(label_studio.interactive_annotating(backend_id, task["id"], regions), width, height)
+        answer = label_studio.interactive_annotating(backend_id, task["id"], regions)
+        mask = brush_mask(answer, width, height)
         ious.append(iou(gt, mask, ignore))
+    if answers is not None and answer is not None:
+        answers[:] = [*regions, *answer["data"]["result"]]
     return list(clicker.clicks), ious
 
 
@@ -248,3 +258,81 @@ def test_basic_auth_backend_works_with_credentials_and_is_refused_without(label_
     token = base64.b64encode(f"{AUTH[0]}:wrong".encode()).decode()
     refused = requests.post(url + "/predict", json={}, headers={"Authorization": f"Basic {token}"}, timeout=10)
     assert refused.status_code == 401
+
+
+def test_annotated_submitted_synced_and_exported_masks_are_the_served_masks_bit_for_bit(
+        label_studio, backend, tmp_path, monkeypatch, capsys):
+    """Issue 6's round trip: click through Label Studio, submit what the UI then holds (the smart keypoints and
+    the backend's brush region), `clickmask sync` into a fresh database and `clickmask export`: every exported mask
+    is the served one, bit for bit. The webhook Label Studio sent to the backend on submit stored the same masks
+    in the backend's own database, so its export must say the same."""
+    import cv2
+    from alembic import command
+    from pycocotools.coco import COCO
+
+    from migrations import alembic_config
+    from orchestrator.cli import main
+    from orchestrator.db.models import Annotation
+
+    url = backend["deploy"](None)
+    project_id = label_studio.create_project(STANDARD_CONFIG, title="e2e export")
+    paths = {p.name: p for p in eval_images(2)}
+    for path in paths.values():
+        tasks = label_studio.upload_images(project_id, [path])
+    backend_id = label_studio.connect_backend(project_id, url)
+
+    served: dict[int, np.ndarray] = {}  # Label Studio annotation id -> the brush mask the backend answered
+    sizes: dict[int, tuple[int, int]] = {}  # task id -> (height, width) of the image file
+    for task in tasks:
+        path = paths[upload_name(task)]
+        mask_path = GRABCUT / "masks" / f"{path.stem}.png"
+        result: list[dict] = []
+        annotate(label_studio, backend_id, task, read_mask(mask_path), read_ignore(mask_path), answers=result)
+        (brush,) = [r for r in result if r["type"] == "brushlabels"]
+        height, width = sizes[task["id"]] = cv2.imread(str(path), cv2.IMREAD_UNCHANGED).shape[:2]
+        annotation_id = label_studio.create_annotation(task["id"], result)
+        served[annotation_id] = brush_mask({"data": {"result": [brush]}}, width, height)
+        assert served[annotation_id].any()
+
+    def cli(*argv: str) -> tuple[int, str, str]:
+        code = main([*argv, "--no-progress"])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    def exported(database_url: str) -> COCO:
+        monkeypatch.setenv("CLICKMASK_DATABASE_URL", database_url)
+        out = tmp_path / "coco.json"
+        code, stdout, stderr = cli("export", "--project", str(project_id), "--format", "coco", "--out", str(out))
+        assert code == 0 and "2 image(s), 2 annotation(s)" in stdout and "skipped 0 mask(s)" in stdout, stderr
+        coco = COCO(str(out))
+        assert [c["name"] for c in coco.dataset["categories"]] == ["Object"]
+        assert {(i["label_studio_task_id"], i["height"], i["width"]) for i in coco.dataset["images"]} == {
+            (task_id, *shape) for task_id, shape in sizes.items()}
+        masks = {a["label_studio_annotation_id"]: coco.annToMask(a) for a in coco.loadAnns(coco.getAnnIds())}
+        assert sorted(masks) == sorted(served)
+        for annotation_id, mask in masks.items():
+            assert mask.dtype == np.uint8 and np.array_equal(mask.astype(bool), served[annotation_id]), annotation_id
+        for ann in coco.dataset["annotations"]:
+            assert ann["iscrowd"] == 0 and ann["area"] == int(served[ann["label_studio_annotation_id"]].sum())
+        return coco
+
+    monkeypatch.setenv("LABEL_STUDIO_URL", label_studio.url)
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", label_studio.pat)
+    fresh = f"sqlite:///{tmp_path / 'synced.db'}"
+    command.upgrade(alembic_config(fresh), "head")
+    monkeypatch.setenv("CLICKMASK_DATABASE_URL", fresh)
+    code, stdout, stderr = cli("sync", "--project", str(project_id))
+    assert code == 0 and "2 task(s), 2 annotation(s): 2 stored or updated" in stdout, stderr
+    exported(fresh)
+
+    # The backend's database, fed by the webhook of each submit (delivered by Label Studio; allow a moment).
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        with backend["factory"]() as session:
+            stored = set(session.scalars(select(Annotation.ls_annotation_id)
+                                         .where(Annotation.ls_annotation_id.in_(list(served)))))
+        if stored == set(served):
+            break
+        time.sleep(0.2)
+    assert stored == set(served), "the webhook did not store every submitted annotation"
+    exported(backend["db_url"])

@@ -66,6 +66,19 @@ def test_created_is_stored_with_its_mask_as_coco_rle(session_factory, created):
         assert project.label_config.startswith("<View>")
 
 
+def test_an_image_first_seen_through_clicks_gets_its_task_id(session_factory, created):
+    with session_factory.begin() as session:  # what recording a click leaves: the image, with no task id
+        project = Project(ls_project_id=1)
+        session.add(project)
+        session.flush()
+        session.add(Image(project_id=project.id, uri=IMAGE_URI, width=400, height=300))
+    assert handle_event(session_factory, created).status == "applied"
+    with session_factory() as session:
+        image = session.scalars(select(Image)).one()
+        assert (image.uri, image.ls_task_id) == (IMAGE_URI, 2)
+        assert session.scalars(select(Annotation.image_id)).one() == image.id
+
+
 def test_duplicate_delivery_changes_nothing(session_factory, created):
     handle_event(session_factory, created)
     before = counts(session_factory)
