@@ -108,12 +108,14 @@ def moto_endpoint():
     server.stop()
 
 
+FAKE_AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
 @pytest.fixture
 def aws_env(monkeypatch, tmp_path):
     """Fake credentials through the standard AWS variables; no config file of the machine is read."""
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    for name, value in FAKE_AWS.items():
+        monkeypatch.setenv(name, value)
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
     for name in ("AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
@@ -175,7 +177,12 @@ def ray_cluster():
     from orchestrator.ray_runtime import start_ray
 
     temp_dir = tempfile.mkdtemp(prefix="cm-ray-test-")
-    start_ray(num_cpus=2, temp_dir=temp_dir)
+    # Ray's workers inherit the environment Ray starts in: fake AWS credentials let replicas and jobs reach the
+    # tests' moto servers; this process's own environment is restored.
+    with pytest.MonkeyPatch.context() as env:
+        for name, value in FAKE_AWS.items():
+            env.setenv(name, value)
+        start_ray(num_cpus=2, temp_dir=temp_dir)
     yield ray
     try:
         from ray import serve

@@ -62,6 +62,17 @@ def project_id(project: str) -> int | None:
     return int(head) if head.isdigit() else None
 
 
+def database_unavailable(action, exc: Exception) -> JSONResponse:
+    """A webhook that could not be stored because the database is down: 503, so the sender knows to send again.
+    The driver's message (host, port, reason) is logged, not returned. (Defined before the class: serve.ingress
+    pickles the routes when the class is defined, with the module's names as they are then.)"""
+    from orchestrator.recorder import first_line
+
+    log.error("webhook %s not stored, database unavailable: %s", str(action)[:64], first_line(exc))
+    return JSONResponse(protocol.error_response("database unavailable: the event was not stored, send it again"),
+                        status_code=503, headers={"Retry-After": "10"})
+
+
 @serve.deployment(name="Backend", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=64)
 @serve.ingress(app)
 class Backend:
@@ -276,13 +287,3 @@ class Backend:
         except (OperationalError, InterfaceError) as exc:
             return database_unavailable(body.get("action") if isinstance(body, dict) else None, exc)
         return {"status": outcome.status, "reason": outcome.reason}
-
-
-def database_unavailable(action, exc: Exception) -> JSONResponse:
-    """A webhook that could not be stored because the database is down: 503, so the sender knows to send again.
-    The driver's message (host, port, reason) is logged, not returned."""
-    from orchestrator.recorder import first_line
-
-    log.error("webhook %s not stored, database unavailable: %s", str(action)[:64], first_line(exc))
-    return JSONResponse(protocol.error_response("database unavailable: the event was not stored, send it again"),
-                        status_code=503, headers={"Retry-After": "10"})
