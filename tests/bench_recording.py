@@ -6,13 +6,23 @@
 2. Bulk recording: how many clicks, each with its mask, the writer gets into the database per second when a large
    backlog is queued at once (time from the first record() to the end of a clean stop, all rows checked).
 
+3. Fleet load (--fleet, PostgreSQL): clicks with their masks arriving at a steady rate (--fleet-rate, 1,000 per
+   second by default: 1,000 annotators clicking every second or so), spread over --fleet-writers recorders, each in
+   its own process with its own engine and connection pool, as each ingress replica of a fleet has. Reports the
+   rate written while the clicks kept coming, the click-to-commit latency (from record() to the end of the
+   transaction that wrote it: median, p95, max), the transaction time, the clicks left queued when the load
+   stopped, the connections the database saw, and the disk the rows took per click.
+
 Both on a SQLite file and on a throwaway PostgreSQL database (CLICKMASK_TEST_POSTGRES_URL or the local default).
 Run: nice -n 10 .venv/bin/python tests/bench_recording.py
+Fleet: nice -n 10 .venv/bin/python tests/bench_recording.py --fleet --fleet-writers 1,2,4
 """
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
+import threading
 import statistics
 import sys
 import tempfile
@@ -140,6 +150,115 @@ def run_on(name: str, url: str, args) -> None:
         engine.dispose()
 
 
+def fleet_writer(url: str, rate: float, seconds: float, first: int, pool: tuple[int, int], out) -> None:
+    """One ingress replica's recorder (in its own process): clicks recorded at `rate` for `seconds`, paced in
+    10 ms steps; puts its figures on `out`."""
+    engine = make_engine(url, pool_size=pool[0], max_overflow=pool[1])
+    commits: list[tuple[float, float]] = []  # (monotonic time of the commit, click-to-commit ms) per click
+    transactions: list[float] = []
+
+    class TimedRecorder(Recorder):
+        def _write(self, batch):
+            t0 = time.perf_counter()
+            super()._write(batch)
+            transactions.append((time.perf_counter() - t0) * 1000)
+            now, wall = time.monotonic(), datetime.now(timezone.utc)
+            commits.extend((now, (wall - c.clicked_at).total_seconds() * 1000) for c in batch)
+
+    rles = [encode(blob_mask(i)) for i in range(64)]
+    recorder = TimedRecorder(make_session_factory(engine), queue_size=100_000).start()
+    step, i = 0.01, first
+    start = time.monotonic()
+    end = start + seconds
+    while (now := time.monotonic()) < end:
+        due = first + int(rate * (now - start))  # by the clock: a late step catches up
+        while i < due:
+            recorder.record(make_click(i, rles[i % len(rles)]))
+            i += 1
+        time.sleep(max(0.0, step - (time.monotonic() - now)))
+    queued_at_end = recorder.queue.qsize()
+    status = recorder.stop(timeout=300)
+    engine.dispose()
+    in_window = [ms for t, ms in commits if t <= end]
+    out.put({"offered": i - first, "written_in_window": len(in_window), "seconds": seconds,
+             "latencies_ms": [ms for _, ms in commits], "transactions_ms": transactions,
+             "queued_at_end": queued_at_end, "dropped": status.dropped, "recorded": status.recorded})
+
+
+def connections(url: str, database: str, stop: threading.Event, peak: list[int]) -> None:
+    """Sample the connections open on the benchmark's database every 0.2 s; keep the peak."""
+    from sqlalchemy import text
+
+    engine = make_engine(url, pool_size=1, max_overflow=0, isolation_level="AUTOCOMMIT")  # a fresh view each time
+    with engine.connect() as conn:
+        while not stop.is_set():
+            count = conn.execute(text("SELECT count(*) FROM pg_stat_activity WHERE datname = :d"),
+                                 {"d": database}).scalar_one()
+            peak[0] = max(peak[0], int(count) - 1)  # not this sampler's own
+            stop.wait(0.2)
+    engine.dispose()
+
+
+def fleet(url: str, database: str, rate: float, writers: int, seconds: float, pool: tuple[int, int],
+          first: int) -> dict:
+    ctx = multiprocessing.get_context("spawn")
+    out = ctx.Queue()
+    stop, peak = threading.Event(), [0]
+    sampler = threading.Thread(target=connections, args=(url, database, stop, peak), daemon=True)
+    sampler.start()
+    procs = [ctx.Process(target=fleet_writer, args=(url, rate / writers, seconds, first + w * 10**7, pool, out))
+             for w in range(writers)]
+    for p in procs:
+        p.start()
+    parts = [out.get() for _ in procs]
+    for p in procs:
+        p.join()
+    stop.set()
+    sampler.join()
+    latencies = [ms for part in parts for ms in part["latencies_ms"]]
+    transactions = [ms for part in parts for ms in part["transactions_ms"]]
+    return {"writers": writers, "offered_per_s": sum(p["offered"] for p in parts) / seconds,
+            "written_per_s": sum(p["written_in_window"] for p in parts) / seconds,
+            "p50_ms": percentile(latencies, 50), "p95_ms": percentile(latencies, 95), "max_ms": max(latencies),
+            "transaction_p95_ms": percentile(transactions, 95), "transactions": len(transactions),
+            "queued_at_end": sum(p["queued_at_end"] for p in parts),
+            "dropped": sum(p["dropped"] for p in parts), "recorded": sum(p["recorded"] for p in parts),
+            "peak_connections": peak[0]}
+
+
+def disk_per_click(url: str) -> float:
+    """Bytes on disk (tables, indexes, TOAST) of clicks and predicted masks, per click."""
+    from sqlalchemy import text
+
+    engine = make_engine(url)
+    with engine.connect() as conn:
+        size = conn.execute(text("SELECT pg_total_relation_size('clicks') + pg_total_relation_size('predicted_masks')"
+                                 )).scalar_one()
+        count = conn.execute(select(func.count()).select_from(Click)).scalar_one()
+    engine.dispose()
+    return size / count
+
+
+def run_fleet(args) -> None:
+    url = create_database(postgres_server_url(), prefix=f"clickmask_bench_{uuid.uuid4().hex[:4]}")
+    try:
+        text_url = url.render_as_string(hide_password=False)
+        command.upgrade(alembic_config(text_url), "head")
+        pool = (args.pool_size, args.max_overflow)
+        print(f"fleet: {args.fleet_rate:g} clicks/s with {H}x{W} masks for {args.fleet_seconds:g} s per run, "
+              f"pool_size={pool[0]} max_overflow={pool[1]} per writer", flush=True)
+        for n, writers in enumerate(int(w) for w in args.fleet_writers.split(",")):
+            r = fleet(text_url, url.database, args.fleet_rate, writers, args.fleet_seconds, pool, (n + 50) * 10**8)
+            print(f"fleet {writers} writer(s): offered {r['offered_per_s']:.0f}/s, written {r['written_per_s']:.0f}/s "
+                  f"while offered; click-to-commit p50 {r['p50_ms']:.0f} ms, p95 {r['p95_ms']:.0f} ms, max "
+                  f"{r['max_ms']:.0f} ms; transaction p95 {r['transaction_p95_ms']:.0f} ms over "
+                  f"{r['transactions']}; queued at the end {r['queued_at_end']}, dropped {r['dropped']}; "
+                  f"peak connections {r['peak_connections']}", flush=True)
+        print(f"fleet: {disk_per_click(text_url):.0f} bytes on disk per click with its mask", flush=True)
+    finally:
+        drop_database(url)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clicks", type=int, default=2000, help="clicks timed per overhead round")
@@ -147,9 +266,18 @@ def main() -> int:
     parser.add_argument("--bulk", type=int, default=20000, help="clicks per bulk round")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of each measurement")
     parser.add_argument("--databases", default="sqlite,postgresql")
+    parser.add_argument("--fleet", action="store_true", help="only the fleet load on PostgreSQL")
+    parser.add_argument("--fleet-rate", type=float, default=1000.0, help="clicks per second offered in all")
+    parser.add_argument("--fleet-writers", default="1,2,4", help="recorders (ingress replicas) sharing the rate")
+    parser.add_argument("--fleet-seconds", type=float, default=30.0)
+    parser.add_argument("--pool-size", type=int, default=5, help="connection pool per writer (SQLAlchemy's default)")
+    parser.add_argument("--max-overflow", type=int, default=10)
     args = parser.parse_args()
     print(f"clickmask recording benchmark, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, "
           f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs", flush=True)
+    if args.fleet:
+        run_fleet(args)
+        return 0
     for name in args.databases.split(","):
         if name == "sqlite":
             with tempfile.TemporaryDirectory() as tmp:
