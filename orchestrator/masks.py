@@ -65,7 +65,9 @@ def brush_to_mask(rle, width: int, height: int) -> np.ndarray:
         raise MaskError(f"RLE covers {declared // 4} pixels but the image is {width}x{height} ({width * height})")
     try:
         values = decode_rle(data)
-    except (ValueError, IndexError) as exc:  # ran past the end of a truncated or corrupt stream
+    # ValueError, IndexError: it ran past the end of a truncated or corrupt stream; OverflowError: it holds a value
+    # wider than the byte it fills.
+    except (ValueError, IndexError, OverflowError) as exc:
         raise MaskError(f"RLE cannot be decoded: {exc.__class__.__name__}") from None
     # Alpha is the brush's opacity: a pixel belongs to the mask when it is more than half opaque.
     return values.reshape(height, width, 4)[:, :, 3] > 127
