@@ -108,6 +108,7 @@ class ImageCache:
 
     def __init__(self, max_bytes: int):
         self.max_bytes, self.bytes = max_bytes, 0
+        self.hits = self.misses = 0  # lookups, for /metrics
         self._items: OrderedDict[str, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -119,6 +120,9 @@ class ImageCache:
             image = self._items.get(key)
             if image is not None:
                 self._items.move_to_end(key)
+                self.hits += 1
+            else:
+                self.misses += 1
             return image
 
     def put(self, key: str, image: np.ndarray) -> None:

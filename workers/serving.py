@@ -78,6 +78,7 @@ class SegmentResult:
     model_version: str
     predict_ms: float
     incremental: bool  # True when the cached previous prediction was built on
+    replica: str = ""  # the Serve replica that answered (for the ingress's per-replica metrics)
 
     def mask(self) -> np.ndarray:
         return np.unpackbits(self.mask_bits, count=self.height * self.width).reshape(self.height, self.width) > 0
@@ -118,6 +119,14 @@ def replay(predictor, clicks: list[Click], box) -> Prediction:
     return prediction
 
 
+def _replica_name() -> str:
+    """This replica's id in Ray Serve ("" outside Serve, e.g. in tests that build the class directly)."""
+    try:
+        return serve.get_replica_context().replica_id.unique_id
+    except Exception:
+        return ""
+
+
 def rss_bytes() -> int:
     """This process's resident memory (Linux), for stats()."""
     try:
@@ -148,6 +157,7 @@ class ClickModel:
         self._lock = threading.Lock()  # one prediction at a time
         self._models_lock = threading.Lock()  # the tables below
         self._store_url, self._s3_endpoint_url = store_url, s3_endpoint_url
+        self._replica = _replica_name()
         self._predictors: OrderedDict = OrderedDict()  # version -> predictor, least recently used first
         self._loading: dict = {}  # version -> Future of its load
         self._failed: dict = {}  # version -> monotonic time of its last failed load
@@ -293,4 +303,4 @@ class ClickModel:
             state.objects.popitem(last=False)
         h, w = prediction.mask.shape
         return SegmentResult(h, w, np.packbits(prediction.mask), mask_score(prediction.prob, prediction.mask),
-                             version, predict_ms, incremental)
+                             version, predict_ms, incremental, self._replica)

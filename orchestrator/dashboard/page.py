@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import threading
 from dataclasses import dataclass, field
 from html import escape
 
@@ -21,6 +22,9 @@ th{background:#f3f3f3}td.n{text-align:right}figure{margin:.5em 0}
 img{max-width:100%;height:auto}.missing{color:#8a4b00;background:#fff5e6;padding:.4em .6em}
 .note{color:#555;font-size:.92em}"""
 
+# What the backend sends with the page: it holds no script and loads nothing, so nothing else is allowed.
+CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
+
 
 @dataclass
 class Rendered:
@@ -28,7 +32,16 @@ class Rendered:
     images: dict[str, bytes] = field(default_factory=dict)  # chart id -> PNG (also inline in the HTML)
 
 
+# Matplotlib promises no thread safety, and the backend renders in worker threads: one page at a time.
+_RENDER_LOCK = threading.Lock()
+
+
 def render_project(figures: ProjectFigures) -> Rendered:
+    with _RENDER_LOCK:
+        return _render_project(figures)
+
+
+def _render_project(figures: ProjectFigures) -> Rendered:
     title = f"clickmask: project {figures.ls_project_id}" + (f" ({figures.title})" if figures.title else "")
     out = Rendered("")
     body = [f"<h1>{escape(title)}</h1>",
@@ -53,6 +66,11 @@ def render_index(projects: list[tuple[int, str]]) -> str:
     else:
         body = _missing("No project recorded yet: the database fills as annotators click in Label Studio.")
     return _document("clickmask dashboard", f"<h1>clickmask dashboard</h1><p>Projects:</p>{body}")
+
+
+def plain_page(text: str) -> str:
+    """A page of one sentence (an error of the dashboard route)."""
+    return _document("clickmask dashboard", f"<p>{escape(text)}</p>")
 
 
 def _document(title: str, body: str) -> str:

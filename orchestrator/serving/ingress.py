@@ -25,7 +25,7 @@ from datetime import datetime, timezone
 import cv2
 import numpy as np
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from ray import serve
 from ray.exceptions import RayActorError
 from ray.serve.handle import DeploymentHandle
@@ -36,6 +36,8 @@ from integrations.label_studio import protocol
 from integrations.label_studio.errors import ProtocolError
 from workers.model.errors import InvalidInputError
 from workers.serving import SegmentRequest, SegmentResult, rss_bytes
+
+from .metrics import ServingMetrics
 
 log = logging.getLogger(__name__)
 app = FastAPI(title="clickmask", docs_url=None, redoc_url=None, openapi_url=None)
@@ -90,6 +92,7 @@ class Backend:
 
             self.session_factory = make_session_factory(make_engine(options.database_url))
             self.recorder = Recorder(self.session_factory).start()
+        self.metrics = ServingMetrics(self.fetcher, self.recorder, self.session_factory)
 
     def __del__(self):
         if self.recorder is not None:
@@ -183,11 +186,21 @@ class Backend:
 
     @app.post("/predict")
     async def predict(self, request: Request):
+        t0 = time.perf_counter()
+        try:
+            return await self._predict(request)
+        finally:
+            self.metrics.requests.labels("predict").observe(time.perf_counter() - t0)
+
+    async def _predict(self, request: Request):
+        errors = self.metrics.errors
         if denied := self._unauthorized(request):
+            errors.labels("predict", "unauthorized").inc()
             return denied
         try:
             parsed = protocol.parse_predict(await self._body(request))
         except ProtocolError as exc:
+            errors.labels("predict", "bad request").inc()
             return JSONResponse(protocol.error_response(str(exc)), status_code=400)
         serving = await self._serving_for(parsed.project)
         if not parsed.interactive:
@@ -196,8 +209,10 @@ class Backend:
         try:
             return await self._interactive(parsed, serving)
         except (ProtocolError, ImageFetchError, InvalidInputError) as exc:
+            errors.labels("predict", type(exc).__name__).inc()
             return protocol.interactive_error_response(serving.name, str(exc))
         except Exception:
+            errors.labels("predict", "internal").inc()
             log.exception("interactive prediction failed")
             return JSONResponse(protocol.error_response("internal error while predicting"), status_code=500)
 
@@ -215,11 +230,13 @@ class Backend:
             request = SegmentRequest(key, obj.key, clicks, box=obj.box, size=(obj.width, obj.height),
                                      model_version=serving.name, checkpoint_key=serving.checkpoint_key, project=pid)
             answer: SegmentResult | None = await self._segment(handle, request)
+            self.metrics.replica_images.labels("miss" if answer is None else "hit").inc()
             if answer is None:  # that replica does not hold the image yet
                 image = image if image is not None else await asyncio.to_thread(self.fetcher.fetch, task.image_uri)
                 answer = await self._segment(handle, request, image)
             answered = answer.model_version
             total_ms = (time.perf_counter() - t0) * 1000
+            self.metrics.answered(answer.replica, pid, answer.model_version, total_ms / 1000)
             mask = answer.mask()
             if mask.shape != (obj.height, obj.width):  # answer at the size Label Studio knows the image by
                 mask = cv2.resize(mask.astype(np.uint8), (obj.width, obj.height), interpolation=cv2.INTER_NEAREST) > 0
@@ -287,3 +304,42 @@ class Backend:
         except (OperationalError, InterfaceError) as exc:
             return database_unavailable(body.get("action") if isinstance(body, dict) else None, exc)
         return {"status": outcome.status, "reason": outcome.reason}
+
+    # ------------------------------------------------------------------------------------ metrics and dashboard
+
+    @app.get("/metrics")
+    async def prometheus(self, request: Request):
+        if denied := self._unauthorized(request):
+            return denied
+        from .metrics import CONTENT_TYPE
+
+        # Reading job states queries the database: off the event loop.
+        return Response(await asyncio.to_thread(self.metrics.text), media_type=CONTENT_TYPE)
+
+    @app.get("/dashboard")
+    async def dashboard(self, request: Request, project: str | None = None):
+        if denied := self._unauthorized(request):
+            return denied
+        from orchestrator.dashboard.page import CSP, plain_page
+
+        if self.session_factory is None:
+            return HTMLResponse(plain_page("No database is configured: there is nothing to show."), 503)
+        if project is not None and not (project.isascii() and project.isdigit() and len(project) <= 18):
+            return HTMLResponse(plain_page("project must be a Label Studio project id (a number)."), 400)
+        try:
+            status, page = await asyncio.to_thread(self._dashboard_page, None if project is None else int(project))
+        except (OperationalError, InterfaceError) as exc:
+            log.error("dashboard: database unavailable: %s", exc.__class__.__name__)
+            return HTMLResponse(plain_page("The database is unavailable; try again later."), 503)
+        # No script, no external resource: a strict policy costs nothing and keeps injected markup inert.
+        return HTMLResponse(page, status, headers={"Content-Security-Policy": CSP})
+
+    def _dashboard_page(self, ls_project: int | None) -> tuple[int, str]:
+        from orchestrator.dashboard.figures import compute, projects
+        from orchestrator.dashboard.page import render_index, render_project
+
+        with self.session_factory() as session:
+            if ls_project is None:
+                return 200, render_index(projects(session))
+            figures = compute(session, ls_project)
+        return (200 if figures.found else 404), render_project(figures).html

@@ -1,0 +1,128 @@
+"""/metrics and /dashboard of the backend on a real local Ray Serve (small untrained model, images from a real HTTP
+server on loopback, clicks recorded in a real SQLite file), behind Basic auth."""
+from __future__ import annotations
+
+import time
+
+import cv2
+import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from finetune_support import predict_body, tiny_checkpoint
+from image_server import ImageServer
+from model_support import disk_scene
+
+W, H = 160, 120
+AUTH = ("viewer", "m3trics")
+PROJECT = 41
+
+
+@pytest.fixture(scope="module")
+def backend(serve_http, tmp_path_factory):
+    from alembic import command
+    from ray import serve
+
+    from integrations.images import ImageSettings
+    from migrations import alembic_config
+    from orchestrator.serving.app import ServeConfig, build_app
+
+    root = tmp_path_factory.mktemp("metrics")
+    rgb, _ = disk_scene(h=H, w=W, cx=80, cy=60, r=30)
+    cv2.imwrite(str(root / "disk.png"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    (root / "junk.png").write_bytes(b"not an image at all")
+    images = ImageServer(root)
+    db_url = f"sqlite:///{root / 'clicks.db'}"
+    command.upgrade(alembic_config(db_url), "head")
+    config = ServeConfig(checkpoint=str(tiny_checkpoint(root / "tiny.pt")), model_version="tiny-m", cpus_per_replica=0,
+                         images=ImageSettings(allowed_hosts=(images.host,)), database_url=db_url, basic_auth=AUTH)
+    serve.run(build_app(config), name="metrics", route_prefix="/metrics-app")
+    yield {"url": serve_http + "/metrics-app", "images": images, "db_url": db_url}
+    serve.delete("metrics")
+    images.stop()
+
+
+def samples(url: str) -> dict[tuple, float]:
+    """Every sample of /metrics: (name, sorted labels) -> value."""
+    reply = requests.get(url + "/metrics", auth=AUTH, timeout=30)
+    assert reply.status_code == 200 and reply.headers["content-type"].startswith("text/plain")
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(reply.text) for s in family.samples}
+
+
+def value(found: dict, name: str, **labels) -> float:
+    return found.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def wait_for_clicks(db_url: str, count: int) -> None:
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(db_url)
+    deadline = time.monotonic() + 60  # the recorder writes off the request path
+    while time.monotonic() < deadline:
+        with engine.connect() as c:
+            if c.execute(text("select count(*) from clicks")).scalar() >= count:
+                break
+        time.sleep(0.3)
+    engine.dispose()
+
+
+def test_metrics_count_clicks_errors_latency_caches_replica_versions_and_jobs(backend, ls_request):
+    url, image = backend["url"], backend["images"].url("disk.png")
+    before = samples(url)
+    template = ls_request("predict_interactive_pos_neg_keypoints")
+    for clicks in ([(50.0, 50.0, True)], [(50.0, 50.0, True), (90.0, 10.0, False)]):
+        reply = requests.post(url + "/predict", json=predict_body(template, image, (W, H), clicks, PROJECT),
+                              auth=AUTH, timeout=120)
+        assert "errors" not in reply.json(), reply.text[:300]
+    junk = predict_body(template, backend["images"].url("junk.png"), (W, H), [(50.0, 50.0, True)], PROJECT, "j")
+    assert requests.post(url + "/predict", json=junk, auth=AUTH, timeout=60).json()["errors"]
+    broken = requests.post(url + "/predict", data=b'{"tasks": [', auth=AUTH, timeout=30,
+                           headers={"content-type": "application/json"})
+    assert broken.status_code == 400
+    assert requests.post(url + "/predict", json={}, timeout=30).status_code == 401
+    training = ls_request("webhook_start_training")
+    training["project"]["id"] = PROJECT
+    assert requests.post(url + "/webhook", json=training, auth=AUTH, timeout=30).json()["status"] == "queued"
+
+    after = samples(url)
+    grew = lambda name, **labels: value(after, name, **labels) - value(before, name, **labels)  # noqa: E731
+    assert grew("clickmask_clicks_total", model_version="tiny-m") == 2
+    assert grew("clickmask_click_latency_seconds_count") == 2
+    assert grew("clickmask_click_latency_seconds_bucket", le="+Inf") == 2
+    assert grew("clickmask_request_seconds_count", endpoint="predict") == 5
+    assert grew("clickmask_errors_total", endpoint="predict", kind="ImageFetchError") == 1
+    assert grew("clickmask_errors_total", endpoint="predict", kind="bad request") == 1
+    assert grew("clickmask_errors_total", endpoint="predict", kind="unauthorized") == 1
+    # The replica held the image from the first click on (the junk image was a miss of its own).
+    assert grew("clickmask_replica_image_lookups_total", result="hit") == 1
+    assert grew("clickmask_replica_image_lookups_total", result="miss") == 2
+    assert grew("clickmask_image_cache_lookups_total", result="miss") >= 1
+    replicas = [dict(labels) for (name, labels), v in after.items()
+                if name == "clickmask_replica_model_version" and v == 1 and dict(labels)["project"] == str(PROJECT)]
+    assert len(replicas) == 1 and replicas[0]["model_version"] == "tiny-m" and replicas[0]["replica"] != "unknown"
+    assert value(after, "clickmask_finetune_jobs", state="queued") == 1
+    assert value(after, "clickmask_database_up") == 1
+    wait_for_clicks(backend["db_url"], 2)
+    assert value(samples(url), "clickmask_clicks_recorded_total") >= 2
+
+
+def test_dashboard_is_behind_auth_and_draws_what_the_backend_recorded(backend, ls_request):
+    url = backend["url"]
+    template = ls_request("predict_interactive_pos_neg_keypoints")
+    body = predict_body(template, backend["images"].url("disk.png"), (W, H), [(45.0, 50.0, True)], PROJECT, "d")
+    assert "errors" not in requests.post(url + "/predict", json=body, auth=AUTH, timeout=120).json()
+    wait_for_clicks(backend["db_url"], 1)
+
+    assert requests.get(url + "/dashboard", timeout=30).status_code == 401
+    index = requests.get(url + "/dashboard", auth=AUTH, timeout=60)
+    assert index.status_code == 200 and f'href="?project={PROJECT}"' in index.text
+    page = requests.get(url + "/dashboard", params={"project": PROJECT}, auth=AUTH, timeout=120)
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "script-src" not in page.headers["content-security-policy"]  # default-src 'none': no script at all
+    for chart in ("clicks-over-time", "clicks-by-version", "latency"):
+        assert f'<figure id="chart-{chart}"><img src="data:image/png;base64,' in page.text
+    assert "No submitted annotation recorded yet" in page.text  # nothing submitted in this project
+    missing = requests.get(url + "/dashboard", params={"project": 999}, auth=AUTH, timeout=60)
+    assert missing.status_code == 404 and "The database has no project 999" in missing.text
+    assert requests.get(url + "/dashboard", params={"project": "1; drop"}, auth=AUTH, timeout=30).status_code == 400
