@@ -4,8 +4,11 @@ clicking all along sees no failed request and the version switch. Small untraine
 the machinery (quality is the benchmark's: tests/bench_finetune.py)."""
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -186,6 +189,63 @@ def test_a_failing_or_killed_job_is_marked_failed_with_its_error_and_can_be_retr
     retry = jobs.enqueue(factory, PROJECT, "cli")
     assert jobs.claim(factory, retry)  # retryable
     jobs.finish(factory, retry, "cancelled")
+
+
+def finetune_worker(timeout: float = 120.0) -> int:
+    """The pid of the Ray worker running a fine-tuning task of this test run (a descendant of this process, which
+    started the test cluster's raylet), once there is one."""
+    def descends_from_us(pid: str) -> bool:
+        while pid not in ("0", "1"):
+            if pid == str(os.getpid()):
+                return True
+            try:
+                pid = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]
+            except (OSError, IndexError):
+                return False
+        return False
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for proc in Path("/proc").iterdir():
+            try:
+                running = proc.name.isdigit() and (proc / "cmdline").read_bytes().startswith(b"ray::finetune")
+            except OSError:
+                continue
+            if running and descends_from_us(proc.name):
+                return int(proc.name)
+        time.sleep(0.2)
+    raise AssertionError("no fine-tuning worker appeared")
+
+
+def test_a_job_whose_worker_is_killed_is_marked_failed_serving_goes_on_and_a_retry_succeeds(stack):
+    from orchestrator import jobs
+    from orchestrator.scheduler import Scheduler
+
+    factory = stack["factory"]
+    for i, (name, masks) in enumerate(stack["images"], 1):  # the job's data (sent again if the first test ran)
+        body = annotation_body(stack["created"], 100 + i, PROJECT, i, stack["server"].url(name), masks)
+        assert requests.post(stack["url"] + "/webhook", json=body, timeout=30).status_code == 200
+    clicker = Clicker(stack)
+    clicker.start()
+    wait_for(lambda: len(clicker.answers) >= 3, timeout=60)
+    serving = clicker.versions_since(0)[-1]
+    job = jobs.enqueue(factory, PROJECT, "cli")
+    running = threading.Thread(target=Scheduler(factory, runner(stack, samples=1_000_000)).tick)
+    running.start()
+    os.kill(finetune_worker(), signal.SIGKILL)  # as the kernel's out-of-memory killer would
+    running.join()
+    killed = jobs.get(factory, job)
+    assert killed.state == "failed" and killed.finished_at, killed.error
+    assert "died" in killed.error.lower() or "crash" in killed.error.lower(), killed.error
+    n = len(clicker.answers)
+    wait_for(lambda: len(clicker.answers) >= n + 3)
+    clicker.stop.set()
+    clicker.join()
+    assert clicker.failures == [] and set(clicker.versions_since(0)) == {serving}  # serving never noticed
+
+    retry = jobs.enqueue(factory, PROJECT, "cli")
+    Scheduler(factory, runner(stack)).tick()
+    assert jobs.get(factory, retry).state == "succeeded", jobs.get(factory, retry).error
 
 
 def test_clickmask_finetune_runs_the_job_on_ray_and_reports_it(stack, monkeypatch, capsys):
