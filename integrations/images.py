@@ -5,19 +5,21 @@
     http(s)://host/...                          -> only from allowed hosts (Label Studio's host is always allowed)
 
 Task URLs are untrusted (a server-side request forgery risk): nothing else is fetched, a redirect is followed only
-to an allowed host, bodies and pixels are capped, and every failure is an ImageFetchError whose message names the
-image without its query string and never carries a credential. Decoded images are kept in an LRU cache bounded by
-bytes; cached arrays are read-only because callers share them.
+to an allowed host, nothing but Label Studio's /data/ files (no '..' segments) is fetched from Label Studio, bodies
+and pixels are capped, and every failure is an ImageFetchError whose message names the image without its query
+string and never carries a credential. Decoded images are kept in an LRU cache bounded by bytes; cached arrays are
+read-only because callers share them.
 """
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import unquote, urljoin, urlsplit
 
 import cv2
 import numpy as np
@@ -93,6 +95,14 @@ def describe(uri: str) -> str:
     return text if len(text) <= 200 else text[:197] + "..."
 
 
+def climbs(url: str) -> bool:
+    """A '..' segment in the path or a query value, plain or percent-encoded: Label Studio decodes it once, and an
+    HTTP client drops it with the segment before it, so /data/upload/../../api/... would reach the API."""
+    parts = urlsplit(url)
+    texts = (unquote(parts.path), unquote(parts.query))
+    return any(segment == ".." for text in texts for segment in re.split(r"[/\\&=]", text))
+
+
 def _origin(url: str) -> tuple[str, str, int | None]:
     parts = urlsplit(url)
     try:
@@ -151,6 +161,9 @@ class ImageFetcher:
         self._s3_client = s3_client
         self._s3_lock = threading.Lock()
         self.ls_origin = _origin(settings.label_studio_url) if settings.label_studio_url else None
+        # Label Studio serves task files under <its URL>/data/; nothing else there is fetched with its credentials.
+        self.ls_files = (urlsplit(settings.label_studio_url).path.rstrip("/") + "/data/"
+                         if settings.label_studio_url else None)
         self.ls_auth = None
         if settings.label_studio_url and settings.label_studio_api_key:
             self.ls_auth = LabelStudioAuth(settings.label_studio_url, settings.label_studio_api_key, self.session,
@@ -201,6 +214,9 @@ class ImageFetcher:
         retried = False
         for _ in range(MAX_REDIRECTS + 1):
             to_ls = _origin(url) == self.ls_origin
+            if to_ls and (climbs(url) or not urlsplit(url).path.startswith(self.ls_files)):
+                raise ImageFetchError(f"image {name}: only files under Label Studio's /data/, without '..', are "
+                                      "fetched from Label Studio")
             try:
                 headers = self.ls_auth.headers() if (to_ls and self.ls_auth) else {}
             except LabelStudioAuthError as exc:

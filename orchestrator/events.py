@@ -26,6 +26,7 @@ CREATED, UPDATED, DELETED = "ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTAT
 # Sent to the same /webhook by Label Studio but handled elsewhere (training) or of no use here.
 OTHER_ACTIONS = {"START_TRAINING", "TASKS_CREATED", "TASKS_DELETED", "PROJECT_UPDATED", "ANNOTATIONS_CREATED"}
 MAX_DELETED_IDS = 10_000
+MAX_ID = 2**63 - 1  # Label Studio ids are stored as 64-bit integers: a larger one is refused, not sent to the database
 
 
 @dataclass(frozen=True)
@@ -108,9 +109,14 @@ def run_in_transaction(session_factory, apply, action: str) -> Outcome:
 
 def need_int(mapping: dict, key: str, where: str) -> int:
     value = mapping.get(key)
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise Rejected(f"{where}.{key} is missing or not a non-negative integer")
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_ID:
+        raise Rejected(f"{where}.{key} is missing or not an integer from 0 to {MAX_ID}")
     return value
+
+
+def fits(value: object) -> bool:
+    """An optional id worth keeping: an integer the database can hold."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_ID
 
 
 def need_dict(mapping: dict, key: str, where: str) -> dict:
@@ -163,8 +169,8 @@ def parse_annotation(body: dict) -> ParsedAnnotation:
     parsed = ParsedAnnotation(
         ls_id=need_int(annotation, "id", "annotation"),
         updated_at=parse_time(annotation.get("updated_at"), "annotation.updated_at"),
-        task_id=annotation.get("task") if isinstance(annotation.get("task"), int) else None,
-        completed_by=completed_by if isinstance(completed_by, int) and not isinstance(completed_by, bool) else None,
+        task_id=annotation.get("task") if fits(annotation.get("task")) else None,
+        completed_by=completed_by if fits(completed_by) else None,
         was_cancelled=annotation.get("was_cancelled") is True,
         lead_time=float(lead_time) if isinstance(lead_time, (int, float)) and not isinstance(lead_time, bool) else None,
         image_uri=None,
@@ -192,7 +198,7 @@ def parse_annotation(body: dict) -> ParsedAnnotation:
     task = body.get("task")
     if isinstance(task, dict):
         task_id = task.get("id")
-        if parsed.task_id is None and isinstance(task_id, int) and not isinstance(task_id, bool):
+        if parsed.task_id is None and fits(task_id):
             parsed.task_id = task_id
         parsed.image_uri = image_uri(task, brushes, body)
     if parsed.masks and parsed.image_uri is None:

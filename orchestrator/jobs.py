@@ -16,6 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from .db import Annotation, Image, Project, TrainingJob, utcnow
+from .events import fits
 
 ACTIVE = ("queued", "running")
 
@@ -171,6 +172,6 @@ def request_from_webhook(factory: sessionmaker[Session], body: object) -> int | 
     """START_TRAINING from Label Studio: the queued job's id, or None when the body names no project."""
     project = body.get("project") if isinstance(body, dict) else None
     ls_id = project.get("id") if isinstance(project, dict) else None
-    if not isinstance(ls_id, int) or isinstance(ls_id, bool) or ls_id < 0:
+    if not fits(ls_id):
         return None
     return enqueue(factory, ls_id, "webhook")

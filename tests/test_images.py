@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import base64
 import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import boto3
 import cv2
 import numpy as np
 import pytest
 
+from image_server import Site, png_header
 from integrations.image_header import image_size
 from integrations.images import ImageCache, ImageFetcher, ImageFetchError, ImageSettings
 
@@ -29,15 +28,6 @@ def encode(rgb: np.ndarray, ext: str, *params) -> bytes:
     ok, data = cv2.imencode(ext, rgb[:, :, ::-1], list(params))
     assert ok
     return data.tobytes()
-
-
-def png_header(width: int, height: int) -> bytes:
-    """A PNG that only declares its size (no image data): enough for the header check, never decodable."""
-    import struct
-    import zlib
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
 
 
 # ------------------------------------------------------------------------------------------------- headers
@@ -60,48 +50,6 @@ def test_header_of_other_or_broken_data(data):
 
 
 # ---------------------------------------------------------------------------------------------- http server
-
-
-class Site:
-    """A loopback HTTP server whose routes are set per test; it counts the requests of each path."""
-
-    def __init__(self):
-        self.routes: dict[str, tuple[int, dict, bytes]] = {}
-        self.hits: dict[str, int] = {}
-        self.headers: list[dict] = []
-        site = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def _route(self):
-                path = self.path.split("?", 1)[0]
-                site.hits[path] = site.hits.get(path, 0) + 1
-                site.headers.append(dict(self.headers))
-                handler = site.routes.get(path)
-                return handler(self) if callable(handler) else (handler or (404, {}, b"not found"))
-
-            def do_GET(self):
-                status, headers, body = self._route()
-                self.send_response(status)
-                for key, value in headers.items():
-                    self.send_header(key, value)
-                if "Content-Length" not in headers and headers.get("X-No-Length") is None:
-                    self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            do_POST = do_GET
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture
@@ -175,6 +123,54 @@ def test_redirect_to_another_host_is_refused(site):
     with pytest.raises(ImageFetchError, match="redirects to a host that is not allowed"):
         fetcher_for(site).fetch(f"{site.url}/away")
     assert site.hits == {"/away": 1}
+
+
+METADATA = ["http://169.254.169.254/latest/meta-data/iam/security-credentials/", "http://2852039166/latest/",
+            "http://0xA9FEA9FE/latest/", "http://[::ffff:169.254.169.254]/latest/", "http://[fd00:ec2::254]/latest/",
+            "http://metadata.google.internal/computeMetadata/v1/", "http://169.254.169.254.nip.io/latest/"]
+
+
+@pytest.mark.parametrize("target", METADATA)
+def test_cloud_metadata_addresses_are_refused_directly_and_as_redirect_targets(site, target):
+    site.routes["/meta"] = (302, {"Location": target}, b"")
+    fetcher = fetcher_for(site)
+    with pytest.raises(ImageFetchError, match="not allowed"):
+        fetcher.fetch(target)
+    with pytest.raises(ImageFetchError, match="redirects to a host that is not allowed"):
+        fetcher.fetch(f"{site.url}/meta")
+
+
+@pytest.mark.parametrize("uri", [
+    "/data/upload/../../api/projects/", "/data/upload/1/%2e%2e/%2E%2E/%2e%2e/api/projects/",
+    "/data/upload/..%2f..%2fapi/projects/", "/data/local-files/?d=../../../etc/passwd",
+    "/data/local-files/?d=images/..%2F..%2F..%2Fetc%2Fpasswd", "/data/local-files/?d=images%5C..%5C..%5Csecret.png",
+    "{ls}/api/projects/", "{ls}/data/../api/projects/",
+])
+def test_label_studio_paths_cannot_climb_out_of_data(site, uri):
+    """Label Studio is fetched with the backend's credentials: a '..' (even percent-encoded) or a path outside
+    /data/ would point them at its API. Refused before anything is sent, the token exchange included."""
+    fake_label_studio(site)
+    pat = jwt({"token_type": "refresh", "exp": time.time() + 3600})
+    fetcher = ImageFetcher(ImageSettings(label_studio_url=site.url, label_studio_api_key=pat))
+    with pytest.raises(ImageFetchError, match="only files under Label Studio's /data/") as caught:
+        fetcher.fetch(uri.format(ls=site.url))
+    assert pat not in str(caught.value)
+    assert site.hits == {}
+
+
+def test_label_studio_redirecting_outside_data_is_refused_and_files_inside_are_fetched(site):
+    issued = fake_label_studio(site)
+    site.routes["/data/upload/moved.png"] = (302, {"Location": "/api/projects/"}, b"")
+    site.routes["/data/local-files/"] = lambda handler: (
+        (200, {}, encode(picture(), ".png")) if handler.headers.get("Authorization") == f"Bearer {issued[-1]}"
+        else (401, {}, b""))
+    pat = jwt({"token_type": "refresh", "exp": time.time() + 3600})
+    fetcher = ImageFetcher(ImageSettings(label_studio_url=site.url, label_studio_api_key=pat))
+    with pytest.raises(ImageFetchError, match="only files under Label Studio's /data/"):
+        fetcher.fetch("/data/upload/moved.png")
+    assert "/api/projects/" not in site.hits
+    assert fetcher.fetch("/data/local-files/?d=images/cats/a.png").shape == (48, 64, 3)
+    assert fetcher.fetch("/data/upload/a.png").shape == (48, 64, 3)
 
 
 def test_redirect_on_the_same_host_is_followed_and_loops_end(site):

@@ -143,6 +143,10 @@ def break_body(body, how):
         del annotation["id"]
     elif how == "id is text":
         annotation["id"] = "1"
+    elif how == "id beyond 64 bits":
+        annotation["id"] = 2**63
+    elif how == "project id beyond 64 bits":
+        body["project"]["id"] = 2**70
     elif how == "no project":
         del body["project"]
     elif how == "bad time":
@@ -166,7 +170,8 @@ def break_body(body, how):
     return body
 
 
-REJECTED = ["no annotation", "no annotation id", "id is text", "no project", "bad time", "result not a list",
+REJECTED = ["no annotation", "no annotation id", "id is text", "id beyond 64 bits", "project id beyond 64 bits",
+            "no project", "bad time", "result not a list",
             "rle for another size", "rle truncated", "rle not bytes", "rle huge header", "zero width",
             "polygon not rle", "no image"]
 

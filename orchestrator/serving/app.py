@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from integrations.images import ImageSettings
+from integrations.label_studio.protocol import MAX_BODY_BYTES
 from orchestrator.placement import cluster_resources, replica_actor_options, stable_node_options
 from workers.serving import ClickModel
 
@@ -25,11 +26,12 @@ class ServeConfig:
     gpus_per_replica: float | None = None  # None: one GPU per replica when the cluster has GPUs, else none
     cpus_per_replica: float = 1.0  # each replica computes with one torch thread
     images: ImageSettings = field(default_factory=ImageSettings)
-    database_url: str | None = None
+    database_url: str | None = field(default=None, repr=False)  # may carry a password
     store_url: str | None = None  # where fine-tuned checkpoints are (replicas load them from there)
     s3_endpoint_url: str | None = None
     registry_ttl_s: float = 2.0
     basic_auth: tuple[str, str] | None = field(default=None, repr=False)
+    max_body_bytes: int = MAX_BODY_BYTES  # largest request body the ingress reads
 
 
 def build_app(config: ServeConfig, cluster: dict[str, float] | None = None):
@@ -51,5 +53,5 @@ def build_app(config: ServeConfig, cluster: dict[str, float] | None = None):
     model = ClickModel.options(**model_options).bind(config.checkpoint, config.model_version, config.store_url,
                                                      config.s3_endpoint_url)
     options = IngressOptions(images=config.images, database_url=config.database_url, basic_auth=config.basic_auth,
-                             registry_ttl_s=config.registry_ttl_s)
+                             registry_ttl_s=config.registry_ttl_s, max_body_bytes=config.max_body_bytes)
     return Backend.options(ray_actor_options=stable_node_options(cluster)).bind(model, options, config.model_version)

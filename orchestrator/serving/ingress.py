@@ -48,7 +48,7 @@ class IngressOptions:
     """What the ingress needs to know, passed explicitly (Ray workers on a cluster do not share our environment)."""
 
     images: ImageSettings
-    database_url: str | None = None
+    database_url: str | None = field(default=None, repr=False)  # may carry a password
     basic_auth: tuple[str, str] | None = field(default=None, repr=False)
     max_body_bytes: int = protocol.MAX_BODY_BYTES
     registry_ttl_s: float = 2.0  # how long a project's serving version is taken as known
@@ -59,9 +59,9 @@ def image_key(uri: str) -> str:
 
 
 def project_id(project: str) -> int | None:
-    """Label Studio sends "<id>.<created unix time>"."""
+    """Label Studio sends "<id>.<created unix time>"; an id the database cannot hold (64 bits) is no project."""
     head = project.split(".", 1)[0]
-    return int(head) if head.isdigit() else None
+    return int(head) if head.isascii() and head.isdigit() and int(head) < 2**63 else None
 
 
 def database_unavailable(action, exc: Exception) -> JSONResponse:
@@ -223,6 +223,12 @@ class Backend:
         image = None
         results, scores = [], []
         answered = serving.name
+        cap = self.options.images.max_image_pixels
+        for obj in parsed.objects:
+            # The answer is a mask at the size Label Studio reports: that size is capped like the image itself.
+            if obj.width * obj.height > cap:
+                raise ProtocolError(f"the image size in the request, {obj.width}x{obj.height}, is over the cap of "
+                                    f"{cap} pixels")
         for obj in parsed.objects:
             clicks = list(obj.prompt_clicks())
             t0 = time.perf_counter()
