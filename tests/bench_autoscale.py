@@ -1,7 +1,8 @@
 """Autoscaling proof on a two-node Ray cluster on one machine (not a test; pytest does not collect bench_*.py).
 
-What runs: ray.cluster_utils.Cluster with a head node that stays (no CPU for work, the ingress resource of
-orchestrator.placement) and a worker node standing in for the GPU group (CPUs for model replicas, nothing else);
+What runs: ray.cluster_utils.Cluster with a head node that stays (one CPU, for the ingress, and the ingress resource
+of orchestrator.placement) and a worker node standing in for the GPU group (CPUs and the replica resource: model
+replicas only);
 Ray Serve with its HTTP proxy on the head; the backend as the deployed application builds it (orchestrator.serving.app,
 replicas between --min and --max on ongoing requests), recording every click into a throwaway PostgreSQL database;
 the davis345 images from a loopback HTTP server.
@@ -111,6 +112,28 @@ def replica_nodes() -> dict[str, list[str]]:
     return nodes
 
 
+def cpu_by_part() -> dict[str, float]:
+    """CPU seconds used so far by each kind of Serve actor (model replicas, ingress, proxy, controller) and by this
+    process (the simulated annotators), from /proc."""
+    import ray
+
+    def cpu_s(pid: int) -> float:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError, IndexError):
+            return 0.0
+
+    parts: dict[str, float] = {"annotators (this process)": cpu_s(os.getpid())}
+    for actor in ray._private.state.actors().values():
+        if actor.get("State") != "ALIVE" or not actor.get("Pid"):
+            continue
+        name = actor.get("ActorClassName", "").split(":")[-1]
+        parts[name] = parts.get(name, 0.0) + cpu_s(actor["Pid"])
+    return parts
+
+
 def pct(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
@@ -124,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quiet-annotators", type=int, default=1)
     p.add_argument("--burst-annotators", type=int, default=12)
     p.add_argument("--quiet-s", type=float, default=20.0, help="quiet phase before the burst")
-    p.add_argument("--burst-s", type=float, default=90.0)
+    p.add_argument("--burst-s", type=float, default=120.0)
     p.add_argument("--settle-s", type=float, default=180.0, help="longest wait for the replicas to go back down")
     p.add_argument("--upscale-delay", type=float, default=5.0)
     p.add_argument("--downscale-delay", type=float, default=20.0)
@@ -149,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     from image_server import ImageServer
     from integrations.images import ImageSettings
     from migrations import alembic_config
-    from orchestrator.placement import INGRESS_RESOURCE
+    from orchestrator.placement import INGRESS_RESOURCE, REPLICA_RESOURCE
     from orchestrator.ray_runtime import WORKER_ENV
     from orchestrator.serving.app import ServeConfig, build_app
     from store_support import create_database, drop_database, free_port, postgres_server_url
@@ -167,8 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     started = datetime.now(timezone.utc)
     load_at_start = os.getloadavg()
     cluster = Cluster(initialize_head=True, head_node_args=dict(
-        node_args, num_cpus=0, resources={INGRESS_RESOURCE: 1}, temp_dir=os.path.join(ray_tmp, "ray")))
-    worker = cluster.add_node(**node_args, num_cpus=args.worker_cpus)
+        node_args, num_cpus=1, resources={INGRESS_RESOURCE: 1}, temp_dir=os.path.join(ray_tmp, "ray")))
+    worker = cluster.add_node(**node_args, num_cpus=args.worker_cpus, resources={REPLICA_RESOURCE: 1})
     # Everything stays on loopback; ray.init would swap 127.0.0.1 in the address for the machine's own IP, where
     # nothing listens.
     ray._private.services.resolve_ip_for_localhost = lambda host: host
@@ -208,7 +231,11 @@ def main(argv: list[str] | None = None) -> int:
                 tick(name)
 
         phase("quiet", args.quiet_annotators, args.quiet_s)
-        phase("burst", args.burst_annotators, args.burst_s)
+        # CPU per answered click, by part, over the second half of the burst (the replicas are up by then).
+        phase("burst", args.burst_annotators, args.burst_s / 2)
+        cpu_before, answered_before = cpu_by_part(), sum(1 for c in load.clicks if c[3] is None)
+        phase("burst", args.burst_annotators, args.burst_s / 2)
+        cpu_after, answered_after = cpu_by_part(), sum(1 for c in load.clicks if c[3] is None)
         placement_under_burst = replica_nodes()
         phase("after", args.quiet_annotators, args.settle_s, until=lambda: running_replicas("ClickModel") <= args.min)
         load.stop_all()
@@ -245,6 +272,9 @@ def main(argv: list[str] | None = None) -> int:
         "ingress_on_head": bool(ingress_nodes) and all(n == head_id for n in ingress_nodes),
         "replicas_on_worker": bool(model_nodes) and all(n == worker.node_id for n in model_nodes),
         "timeline": timeline,
+        "cpu_ms_per_click": {k: 1000 * (cpu_after[k] - cpu_before.get(k, 0.0)) / max(1, answered_after -
+                                                                                   answered_before)
+                             for k in cpu_after},
     }
     print()
     print(f"started {result['started_utc']}, load average at start {load_at_start[0]:.2f}, {os.cpu_count()} CPUs")
@@ -259,6 +289,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  ingress on the head node: {result['ingress_on_head']}; model replicas on the worker node: "
           f"{result['replicas_on_worker']}")
     print(f"  failed clicks: {result['failed_clicks']} {errors[:3]}")
+    print("  CPU per answered click under the burst: " + ", ".join(
+        f"{k} {v:.1f} ms" for k, v in sorted(result["cpu_ms_per_click"].items(), key=lambda kv: -kv[1])))
     ok = result["failed_clicks"] == 0 and peak > args.min and back_down is not None and result["ingress_on_head"]
     print("proof:", "PASS" if ok else "FAIL")
     if args.json:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from orchestrator.placement import INGRESS_RESOURCE, JOBS_RESOURCE
+from orchestrator.placement import INGRESS_RESOURCE, JOBS_RESOURCE, REPLICA_RESOURCE
 
 DEPLOY = Path(__file__).resolve().parents[1] / "orchestrator" / "deploy"
 REQUIRED = {"CLICKMASK_DATABASE_URL", "CLICKMASK_STORE_URL"}  # without them each replica would keep its own files
@@ -86,7 +86,9 @@ def test_the_backend_builder_deploys_what_clickmask_serve_deploys(monkeypatch, t
     monkeypatch.setenv("CLICKMASK_REPLICAS", "2")
     monkeypatch.setenv("CLICKMASK_MAX_REPLICAS", "5")
     monkeypatch.setenv("CLICKMASK_GPUS_PER_REPLICA", "0.5")
+    monkeypatch.setenv("CLICKMASK_INGRESS_REPLICAS", "3")
     app = entrypoint.backend({})
+    assert app._bound_deployment._deployment_config.num_replicas == 3
     model = app._bound_deployment.init_args[0]._bound_deployment
     scaling = model._deployment_config.autoscaling_config
     assert (scaling.min_replicas, scaling.max_replicas) == (2, 5)
@@ -128,7 +130,8 @@ def test_kuberay_groups_declare_the_resources_placement_uses():
     assert cpu.get(INGRESS_RESOURCE, 0) > 0 and cpu.get(JOBS_RESOURCE, 0) >= 1
     assert workers["cpu"]["minReplicas"] >= 1  # the ingress' group never scales to nothing
     gpu = workers["gpu"]
-    assert INGRESS_RESOURCE not in start_params_resources(gpu) and JOBS_RESOURCE not in start_params_resources(gpu)
+    assert set(start_params_resources(gpu)) == {REPLICA_RESOURCE}  # replicas here, and nothing else
+    assert REPLICA_RESOURCE not in cpu and REPLICA_RESOURCE not in start_params_resources(head)
     (container,) = gpu["template"]["spec"]["containers"]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == gpu["rayStartParams"]["num-gpus"]
 
@@ -139,7 +142,8 @@ def test_launcher_node_types_declare_the_resources_placement_uses():
     assert types[config["head_node_type"]]["resources"].get(INGRESS_RESOURCE, 0) > 0
     assert types["cpu"]["resources"].get(JOBS_RESOURCE, 0) >= 1 and types["cpu"]["min_workers"] >= 1
     assert types["gpu"]["resources"].get("GPU", 0) >= 1
-    assert INGRESS_RESOURCE not in types["gpu"]["resources"]
+    assert {k for k in types["gpu"]["resources"] if k.startswith("clickmask")} == {REPLICA_RESOURCE}
+    assert all(REPLICA_RESOURCE not in types[t]["resources"] for t in types if t != "gpu")
     # Every Ray process starts with the settings file sourced, so replicas and jobs see the same database.
     mounted = {Path(k).name for k in config["file_mounts"]}
     assert "clickmask.env" in mounted

@@ -3,10 +3,11 @@ scheduler only on nodes that stay, replicas on GPUs when the cluster has them, j
 resource tables; the two-node proof on a real Ray cluster is tests/bench_autoscale.py."""
 from __future__ import annotations
 
-from orchestrator.placement import INGRESS_RESOURCE, JOBS_RESOURCE, job_options, replica_actor_options
+from orchestrator.placement import (INGRESS_RESOURCE, JOBS_RESOURCE, REPLICA_RESOURCE, job_options, job_slots,
+                                   replica_actor_options, stable_node_options)
 from orchestrator.serving.app import ServeConfig, build_app
 
-FLEET = {"CPU": 40.0, "GPU": 4.0, INGRESS_RESOURCE: 2.0, JOBS_RESOURCE: 4.0}
+FLEET = {"CPU": 40.0, "GPU": 4.0, INGRESS_RESOURCE: 2.0, JOBS_RESOURCE: 4.0, REPLICA_RESOURCE: 4.0}
 ONE_MACHINE = {"CPU": 2.0}
 
 
@@ -17,19 +18,21 @@ def deployments(app) -> tuple:
 
 
 def test_on_a_fleet_the_ingress_stays_on_stable_nodes_and_replicas_take_a_gpu_each():
-    ingress, model = deployments(build_app(ServeConfig(replicas=2, max_replicas=6), cluster=FLEET))
+    config = ServeConfig(replicas=2, max_replicas=6, ingress_replicas=3)
+    ingress, model = deployments(build_app(config, cluster=FLEET))
     assert ingress.ray_actor_options["resources"] == {INGRESS_RESOURCE: 0.01}
-    assert ingress.ray_actor_options["num_cpus"] == 0
+    assert ingress.ray_actor_options["num_cpus"] == 1  # spread over the nodes that stay, never crowded by jobs
+    assert ingress._deployment_config.num_replicas == 3
     assert model.ray_actor_options["num_gpus"] == 1.0 and model.ray_actor_options["num_cpus"] == 1.0
-    assert INGRESS_RESOURCE not in model.ray_actor_options.get("resources", {})
+    assert model.ray_actor_options["resources"] == {REPLICA_RESOURCE: 0.01}  # on the replica group only
     scaling = model._deployment_config.autoscaling_config
     assert (scaling.min_replicas, scaling.max_replicas, scaling.target_ongoing_requests) == (2, 6, 2.0)
 
 
 def test_on_one_machine_nothing_asks_for_what_the_machine_lacks():
     ingress, model = deployments(build_app(ServeConfig(), cluster=ONE_MACHINE))
-    assert "resources" not in ingress.ray_actor_options
-    assert model.ray_actor_options["num_gpus"] == 0.0
+    assert "resources" not in ingress.ray_actor_options and ingress.ray_actor_options["num_cpus"] == 0
+    assert model.ray_actor_options["num_gpus"] == 0.0 and "resources" not in model.ray_actor_options
     assert model._deployment_config.autoscaling_config is None  # no maximum: a fixed replica count
 
 
@@ -41,3 +44,14 @@ def test_an_explicit_gpu_share_wins_over_the_cluster():
 def test_jobs_take_a_job_slot_only_where_slots_are_declared():
     assert job_options(FLEET, 1.0) == {"num_cpus": 1.0, "resources": {JOBS_RESOURCE: 1}}
     assert job_options(ONE_MACHINE, 1.0) == {"num_cpus": 1.0}
+    assert (job_slots(FLEET), job_slots(ONE_MACHINE)) == (4, 1)
+
+
+def test_the_scheduler_stays_on_stable_nodes_without_taking_a_cpu():
+    import ray
+
+    from orchestrator.serving.entrypoint import scheduler
+
+    assert not ray.is_initialized()  # the builder reads the cluster; here there is none: one-machine placement
+    assert scheduler({})._bound_deployment.ray_actor_options == {"num_cpus": 0}
+    assert stable_node_options(FLEET) == {"num_cpus": 0, "resources": {INGRESS_RESOURCE: 0.01}}

@@ -26,6 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--replicas", type=int, default=int(os.environ.get("CLICKMASK_REPLICAS", "1")))
     p.add_argument("--max-replicas", type=int, default=int(os.environ.get("CLICKMASK_MAX_REPLICAS", "0")),
                    help="autoscale up to this many replicas under load (default: fixed --replicas)")
+    p.add_argument("--ingress-replicas", type=int, default=int(os.environ.get("CLICKMASK_INGRESS_REPLICAS", "1")),
+                   help="HTTP ingress replicas (a fleet needs about one per 30 clicks/s; see orchestrator/deploy)")
     gpus = os.environ.get("CLICKMASK_GPUS_PER_REPLICA", "").strip()
     p.add_argument("--gpus-per-replica", type=float, default=float(gpus) if gpus else None,
                    help="GPUs (or a fraction) each replica asks for (default: one when the cluster has GPUs)")
@@ -45,6 +47,7 @@ def serve_config(args: argparse.Namespace):
     return settings, ServeConfig(
         checkpoint=args.model, model_version=base_version_name(args.model),
         replicas=args.replicas, max_replicas=args.max_replicas or None, gpus_per_replica=args.gpus_per_replica,
+        ingress_replicas=args.ingress_replicas,
         images=ImageSettings.from_env(), database_url=None if args.no_db else settings.database_url,
         basic_auth=(user, password) if user else None, store_url=settings.store_url,
         s3_endpoint_url=settings.s3_endpoint_url,

@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 
 from integrations.images import ImageSettings
 from integrations.label_studio.protocol import MAX_BODY_BYTES
-from orchestrator.placement import cluster_resources, replica_actor_options, stable_node_options
+from orchestrator.placement import cluster_resources, ingress_options, replica_actor_options
 from workers.serving import ClickModel
 
 from .ingress import Backend, IngressOptions
@@ -19,6 +19,7 @@ class ServeConfig:
     model_version: str = "base"
     replicas: int = 1
     max_replicas: int | None = None  # with a maximum above `replicas`, Ray Serve autoscales between the two
+    ingress_replicas: int = 1  # HTTP ingress replicas (each with its own recorder and image cache)
     target_ongoing_requests: float = 2.0
     # Add replicas soon (a burst of annotators is waiting), remove them late (a replica takes seconds to start).
     upscale_delay_s: float = 10.0
@@ -54,4 +55,5 @@ def build_app(config: ServeConfig, cluster: dict[str, float] | None = None):
                                                      config.s3_endpoint_url)
     options = IngressOptions(images=config.images, database_url=config.database_url, basic_auth=config.basic_auth,
                              registry_ttl_s=config.registry_ttl_s, max_body_bytes=config.max_body_bytes)
-    return Backend.options(ray_actor_options=stable_node_options(cluster)).bind(model, options, config.model_version)
+    ingress = Backend.options(num_replicas=config.ingress_replicas, ray_actor_options=ingress_options(cluster))
+    return ingress.bind(model, options, config.model_version)
