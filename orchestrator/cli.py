@@ -35,6 +35,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a database that is down or unmigrated, in a command that does not say so itself
+        from sqlalchemy.exc import SQLAlchemyError
+
+        if not isinstance(exc, SQLAlchemyError):
+            raise
+        from orchestrator.commands.export import database_problem
+        from orchestrator.settings import Settings
+
+        print(f"error: {database_problem(exc, Settings.from_env().database_url_safe)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
