@@ -212,3 +212,22 @@ def test_the_scheduler_that_clickmask_serve_starts_runs_queued_jobs_and_records_
         engine.dispose()
     finally:
         scheduler.stop()
+
+
+def test_corrupt_stored_masks_are_left_out_of_a_job(caplog):
+    """RLE read back from the database is checked before pycocotools decodes it (it trusts the runs)."""
+    from orchestrator.masks import encode
+    from workers.finetune import AnnotatedImage, _loaded
+
+    class OneImage:  # the job's image fetcher, for an image that is not the point here
+        def fetch(self, uri):
+            return np.zeros((20, 30, 3), np.uint8)
+
+    mask = np.zeros((20, 30), bool)
+    mask[5:10, 5:12] = True
+    good = encode(mask).counts
+    stored = [{"size": [20, 30], "counts": counts} for counts in (good, good[:2], good + "1", "\x7f\x7f")]
+    loaded = _loaded(OneImage(), AnnotatedImage("s3://b/a.png", stored), min_area=1)
+    (kept,) = loaded.objects
+    assert kept.box == (5, 5, 12, 10) and kept.mask.all()
+    assert caplog.text.count("is left out") == 3

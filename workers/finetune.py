@@ -17,6 +17,7 @@ it (the niceness and the memory go with it).
 """
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 import time
@@ -32,6 +33,8 @@ from workers.model.data import LoadedImage, SampleGenerator, _object
 from workers.model.evaluator import EvalResult, ObjectResult, evaluate_object
 from workers.model.predictor import PredictorConfig, load_predictor
 from workers.model.train import TrainConfig, train
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -173,12 +176,21 @@ def split_by_image(uris: list[str], val_percent: int) -> tuple[list[str], list[s
 
 
 def _loaded(fetcher: ImageFetcher, item: AnnotatedImage, min_area: int) -> LoadedImage:
-    from pycocotools import mask as coco_mask
+    from integrations.coco import check_counts, decode
+    from orchestrator.masks import MaskError
 
     rgb = np.ascontiguousarray(fetcher.fetch(item.uri))
     objects = []
     for rle in item.masks:
-        mask = coco_mask.decode({"size": rle["size"], "counts": rle["counts"].encode("ascii")}).astype(bool)
+        # Stored RLE is checked before pycocotools sees it: its decoder trusts the runs, and corrupt ones have
+        # crashed the process (heap corruption) or decoded to garbage. A corrupt mask is left out, not the job.
+        height, width = rle["size"]
+        try:
+            check_counts(rle["counts"], height, width)
+        except MaskError as exc:
+            log.warning("a stored mask of %s is left out: %s", item.uri, exc)
+            continue
+        mask = decode(rle["counts"], height, width).astype(bool)
         if mask.shape != rgb.shape[:2]:
             raise ValueError(f"a mask of {item.uri} is {mask.shape[::-1]}, the image {rgb.shape[1::-1]}")
         if mask.sum() >= min_area:
