@@ -181,10 +181,10 @@ def test_any_label_config_parses_or_is_a_protocol_error(xml):
     assert config.brush.labels and config.smart
 
 
-def test_deeply_nested_label_config_is_a_protocol_error_or_parses():
-    depth = 30_000  # about 200,000 characters: the size cap lets it through to the XML parser
-    xml = "<View>" + "<a>" * depth + "</a>" * depth + "</View>"
-    with pytest.raises(ProtocolError):
+@pytest.mark.parametrize("depth, message", [(28_000, "more than 5000 elements"), (4_900, "no <BrushLabels>")])
+def test_deeply_nested_label_configs_are_protocol_errors(depth, message):
+    xml = "<View>" + "<a>" * depth + "</a>" * depth + "</View>"  # under the 200,000 character cap
+    with pytest.raises(ProtocolError, match=message):
         parse_label_config(xml)
 
 
