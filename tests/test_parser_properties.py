@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import copy
 import json
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from hypothesis.configuration import set_hypothesis_home_dir
 from label_studio_sdk.converter.brush import mask2rle
 
 from integrations.coco import check_counts
@@ -24,7 +27,9 @@ from integrations.label_studio.labeling_config import parse_label_config
 from orchestrator.events import Rejected, parse_annotation, parse_deleted_ids, parse_project
 from orchestrator.masks import MaskError, brush_to_mask, decode, encode
 
-# Small and quick: no example database (nothing written into the checkout), no per-example deadline on a busy machine.
+# Small and quick: no example database, hypothesis's caches outside the checkout, no per-example deadline (the
+# machine may be busy).
+set_hypothesis_home_dir(Path(tempfile.gettempdir()) / "clickmask-hypothesis")
 PROPERTY = settings(max_examples=100, deadline=None, database=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
