@@ -12,6 +12,7 @@ from orchestrator.commands.evaluate import parse_spec
 from workers.model.clicks import Click
 from workers.model.evaluator import evaluate_object
 from workers.model.grabcut import GrabCutPredictor, keep_clicked_parts
+from workers.model.predictor_base import Prediction
 
 
 def disk_scene(h=120, w=160, centre=(90, 60), radius=30, seed=0):
@@ -114,3 +115,20 @@ def test_a_drawn_box_seeds_grabcut_and_bounds_its_answer():
     pred = p.predict([Click(80, 60, True)], box=(45, 25, 116, 96))
     assert iou(mask, pred.mask) > 0.85
     assert not pred.mask[:, :45].any() and not pred.mask[:, 116:].any()
+
+
+def test_a_corrective_click_relabels_the_area_it_stands_for():
+    # The previous mask holds only the left half of the disk; the positive click sits deep in the missing half.
+    img, gt = disk_scene()
+    half = gt.copy()
+    half[:, 90:] = False
+    click = [Click(70.0, 60.0, True), Click(105.0, 60.0, True)]
+    labels = GrabCutPredictor()._correct(half, click)
+    # Its disk reaches 0.8 of the 15 px to the previous mask: well past the 5 px hard seed, and not into it.
+    assert labels[60, 105 + 10] == cv2.GC_PR_FGD and labels[60, 105 - 10] == cv2.GC_PR_FGD
+    assert labels[60, 105 + 14] == cv2.GC_PR_BGD
+    assert GrabCutPredictor(correction_reach=0)._correct(half, click)[60, 115] == cv2.GC_PR_BGD
+    p = GrabCutPredictor()
+    p.set_image(img)
+    pred = p.predict(click, prev=Prediction(half.astype(np.float32), half))
+    assert (pred.mask & gt).sum() / (pred.mask | gt).sum() >= 0.9

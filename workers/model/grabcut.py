@@ -30,11 +30,14 @@ class GrabCutPredictor(Predictor):
         touch_fraction: float = 0.05,
         seed_radius: int = 5,
         iterations: int = 5,
+        correction_reach: float = 0.8,
     ) -> None:
         """`box_fraction`: half the side of the first box around the first click, as a fraction of the image's
         longer side (0.25 spans half of it, clipped to the image); `box_growth`, `box_steps`, `touch_fraction`: the
         box grows by that factor, at most `box_steps - 1` times, while the segment covers more than that fraction
-        of one of its inner sides (see _from_box); `seed_radius`: radius in pixels of the hard seed disks."""
+        of one of its inner sides (see _from_box); `seed_radius`: radius in pixels of the hard seed disks;
+        `correction_reach`: a click that contradicts the previous mask relabels a disk around it as "probably" its
+        side, of this fraction of its distance to the previous mask's other side (see _correct)."""
         super().__init__()
         self.box_fraction = box_fraction
         self.box_growth = box_growth
@@ -42,6 +45,7 @@ class GrabCutPredictor(Predictor):
         self.touch_fraction = touch_fraction
         self.seed_radius = seed_radius
         self.iterations = iterations
+        self.correction_reach = correction_reach
         self._bgr: np.ndarray | None = None
 
     def set_image(self, image: np.ndarray) -> None:
@@ -103,8 +107,27 @@ class GrabCutPredictor(Predictor):
             return self._grabcut(labels, clicks).astype(np.float32)
         if prev_prob is None or not (prev_prob > THRESHOLD).any():
             return self._from_box(clicks).astype(np.float32)
-        labels = np.where(prev_prob > THRESHOLD, cv2.GC_PR_FGD, cv2.GC_PR_BGD).astype(np.uint8)
-        return self._grabcut(labels, clicks).astype(np.float32)
+        return self._grabcut(self._correct(prev_prob > THRESHOLD, clicks), clicks).astype(np.float32)
+
+    def _correct(self, prev: np.ndarray, clicks: list[Click]) -> np.ndarray:
+        """Initial labels from the previous mask, with the area around each contradicting click flipped.
+
+        Without this a corrective click changes little: GrabCut fits its colour models to the previous mask, so
+        only the hard seed disk moves. The evaluator (and an annotator) clicks well inside an error region; its
+        distance to the previous mask's other side says how far the region reaches, so a disk of that distance
+        times `correction_reach` becomes "probably" the click's side and the colour models learn from it."""
+        labels = np.where(prev, cv2.GC_PR_FGD, cv2.GC_PR_BGD).astype(np.uint8)
+        h, w = prev.shape
+        to_fg = cv2.distanceTransform((~prev).astype(np.uint8), cv2.DIST_L2, 5)  # outside: distance to the mask
+        to_bg = cv2.distanceTransform(prev.astype(np.uint8), cv2.DIST_L2, 5)  # inside: distance to the outside
+        for c in clicks:
+            x, y = _pixel(c, h, w)
+            if c.positive == bool(prev[y, x]):
+                continue
+            reach = (to_fg if c.positive else to_bg)[y, x] * self.correction_reach
+            cv2.circle(labels, (x, y), max(self.seed_radius, int(reach)),
+                       int(cv2.GC_PR_FGD if c.positive else cv2.GC_PR_BGD), thickness=-1)
+        return labels
 
 
 def _pixel(c: Click, h: int, w: int) -> tuple[int, int]:
