@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import threading
+from datetime import timedelta
 from dataclasses import dataclass, field
 from html import escape
 
@@ -115,9 +116,14 @@ def _new_figure(height: float = 3.2):
     return fig, fig.add_subplot()
 
 
-def _time_axis(ax) -> None:
+def _time_axis(ax, times: list | None = None, bucket: str = "hour") -> None:
+    """Dates on the x axis; with `times` (bucket starts), half a bucket of margin each side, so that one bucket
+    alone is not spread over years by the automatic limits."""
     import matplotlib.dates as mdates
 
+    if times:
+        half = timedelta(hours=12 if bucket == "day" else .5)
+        ax.set_xlim(min(times) - half, max(times) + half)
     locator = mdates.AutoDateLocator()
     ax.xaxis.set_major_locator(locator)
     ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
@@ -137,13 +143,15 @@ def _clicks_over_time(figures: ProjectFigures, images: dict) -> str:
     times = [t for t, _ in figures.clicks_over_time]
     spreads = [s for _, s in figures.clicks_over_time]
     fig, ax = _new_figure()
+    # The upper percentile first, in larger hollow squares, so an equal median stays visible inside it.
+    ax.plot(times, [s.high for s in spreads], "s--", color=COLOURS["high"], mfc="none", ms=11,
+            label="90th percentile")
     ax.plot(times, [s.low for s in spreads], "o-", color=COLOURS["low"], label="median")
-    ax.plot(times, [s.high for s in spreads], "s--", color=COLOURS["high"], label="90th percentile")
     ax.set_ylabel("clicks per object")
     ax.set_ylim(bottom=0)
     _legend_above(ax, 2)
     ax.grid(alpha=.3)
-    _time_axis(ax)
+    _time_axis(ax, times, figures.bucket)
     rows = [(f"{t:%Y-%m-%d %H:00}", s.n, _f(s.low), _f(s.high)) for t, s in figures.clicks_over_time]
     return (head + _figure("clicks-over-time", fig, "median and 90th percentile of clicks per object, per "
                            + figures.bucket, images)
@@ -252,13 +260,14 @@ def _latency(figures: ProjectFigures, images: dict) -> str:
         return head + _missing("No answered click with a recorded latency yet.")
     fig, ax = _new_figure()
     times = [t for t, _ in figures.latency_over_time]
+    ax.plot(times, [s.high for _, s in figures.latency_over_time], "s--", color=COLOURS["high"], mfc="none", ms=11,
+            label="p95")
     ax.plot(times, [s.low for _, s in figures.latency_over_time], "o-", color=COLOURS["low"], label="p50")
-    ax.plot(times, [s.high for _, s in figures.latency_over_time], "s--", color=COLOURS["high"], label="p95")
     ax.set_ylabel("ms per click")
     ax.set_ylim(bottom=0)
     _legend_above(ax, 2)
     ax.grid(alpha=.3)
-    _time_axis(ax)
+    _time_axis(ax, times, figures.bucket)
     a = figures.latency_all
     rows = [("all", a.n, _f(a.low), _f(a.high))]
     rows += [(f"{t:%Y-%m-%d %H:00}", s.n, _f(s.low), _f(s.high)) for t, s in figures.latency_over_time]
@@ -287,6 +296,9 @@ def _jobs(figures: ProjectFigures, images: dict) -> str:
         label = None if job.outcome in seen else job.outcome
         seen.add(job.outcome)
         ax.broken_barh([(start, width)], (row - .35, .7), color=COLOURS.get(job.outcome, "#333"), label=label)
+    first, last = min(j.start for j in jobs), max(j.end or figures.generated_at for j in jobs)
+    pad = max((last - first) * .05, timedelta(seconds=30))
+    ax.set_xlim(first - pad, last + pad)
     ax.set_yticks(range(len(jobs)), [f"job {j.id}" for j in jobs])
     ax.invert_yaxis()
     ax.xaxis_date()
