@@ -126,3 +126,50 @@ def test_dashboard_is_behind_auth_and_draws_what_the_backend_recorded(backend, l
     missing = requests.get(url + "/dashboard", params={"project": 999}, auth=AUTH, timeout=60)
     assert missing.status_code == 404 and "The database has no project 999" in missing.text
     assert requests.get(url + "/dashboard", params={"project": "1; drop"}, auth=AUTH, timeout=30).status_code == 400
+
+
+def test_several_ingress_replicas_answer_with_every_ingress_figures(serve_http, tmp_path_factory, ls_request):
+    """A scrape reaches one ingress; it answers for all of them, each series labelled with its ingress."""
+    from alembic import command
+    from ray import serve
+
+    from integrations.images import ImageSettings
+    from migrations import alembic_config
+    from orchestrator.serving.app import ServeConfig, build_app
+
+    root = tmp_path_factory.mktemp("metrics-fleet")
+    rgb, _ = disk_scene(h=H, w=W, cx=80, cy=60, r=30)
+    cv2.imwrite(str(root / "disk.png"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    images = ImageServer(root)
+    db_url = f"sqlite:///{root / 'clicks.db'}"
+    command.upgrade(alembic_config(db_url), "head")
+    config = ServeConfig(checkpoint=str(tiny_checkpoint(root / "tiny.pt")), model_version="tiny-f", cpus_per_replica=0,
+                         images=ImageSettings(allowed_hosts=(images.host,)), database_url=db_url, ingress_replicas=2)
+    serve.run(build_app(config), name="metrics-fleet", route_prefix="/metrics-fleet")
+    url = serve_http + "/metrics-fleet"
+    try:
+        template = ls_request("predict_interactive_pos_neg_keypoints")
+        clicks = 6
+        for k in range(clicks):  # a new connection each: the proxy spreads them over the ingress replicas
+            body = predict_body(template, images.url("disk.png"), (W, H), [(50.0, 50.0, True)], PROJECT, f"f{k}")
+            assert "errors" not in requests.post(url + "/predict", json=body, timeout=120).json()
+        deadline = time.monotonic() + 90  # the other ingress sends its snapshot every few seconds
+        while True:
+            found, seen = {}, []
+            for _ in range(4):  # whichever ingress answers
+                reply = requests.get(url + "/metrics", timeout=30)
+                assert reply.status_code == 200
+                families = {f.name: f for f in text_string_to_metric_families(reply.text)}
+                total = sum(s.value for s in families["clickmask_clicks"].samples if s.name.endswith("_total"))
+                ingresses = {s.labels["ingress"] for s in families["clickmask_click_latency_seconds"].samples}
+                seen.append((total, len(ingresses)))
+                found = families
+            if all(s == (clicks, 2) for s in seen) or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        assert all(s == (clicks, 2) for s in seen), f"(clicks summed over ingresses, ingresses) per scrape: {seen}"
+        jobs = [s for s in found["clickmask_finetune_jobs"].samples if s.labels["state"] == "queued"]
+        assert len(jobs) == 1 and "ingress" not in jobs[0].labels  # read from the database once, not per ingress
+    finally:
+        serve.delete("metrics-fleet")
+        images.stop()

@@ -9,6 +9,7 @@ from orchestrator.placement import cluster_resources, ingress_options, replica_a
 from workers.serving import ClickModel
 
 from .ingress import Backend, IngressOptions
+from .metrics import MetricsBoard
 
 APP_NAME = "clickmask"
 
@@ -56,4 +57,8 @@ def build_app(config: ServeConfig, cluster: dict[str, float] | None = None):
     options = IngressOptions(images=config.images, database_url=config.database_url, basic_auth=config.basic_auth,
                              registry_ttl_s=config.registry_ttl_s, max_body_bytes=config.max_body_bytes)
     ingress = Backend.options(num_replicas=config.ingress_replicas, ray_actor_options=ingress_options(cluster))
-    return ingress.bind(model, options, config.model_version)
+    # Several ingress replicas share their /metrics figures through a board (orchestrator.serving.metrics).
+    board = None
+    if config.ingress_replicas > 1:
+        board = MetricsBoard.options(ray_actor_options={**ingress_options(cluster), "num_cpus": 0}).bind()
+    return ingress.bind(model, options, config.model_version, board)

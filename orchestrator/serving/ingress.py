@@ -58,6 +58,14 @@ def image_key(uri: str) -> str:
     return hashlib.sha256(uri.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
+def ingress_name() -> str:
+    """This ingress replica's id in Ray Serve (its `ingress` label on /metrics when there are several)."""
+    try:
+        return serve.get_replica_context().replica_id.unique_id
+    except Exception:
+        return str(os.getpid())
+
+
 def project_id(project: str) -> int | None:
     """Label Studio sends "<id>.<created unix time>"; an id the database cannot hold (64 bits) is no project."""
     head = project.split(".", 1)[0]
@@ -78,7 +86,8 @@ def database_unavailable(action, exc: Exception) -> JSONResponse:
 @serve.deployment(name="Backend", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=64)
 @serve.ingress(app)
 class Backend:
-    def __init__(self, model: DeploymentHandle, options: IngressOptions, model_version: str = "base"):
+    def __init__(self, model: DeploymentHandle, options: IngressOptions, model_version: str = "base",
+                 metrics_board: DeploymentHandle | None = None):
         self.model = model
         self.options = options
         self.model_version = model_version
@@ -92,7 +101,8 @@ class Backend:
 
             self.session_factory = make_session_factory(make_engine(options.database_url))
             self.recorder = Recorder(self.session_factory).start()
-        self.metrics = ServingMetrics(self.fetcher, self.recorder, self.session_factory)
+        self.metrics = ServingMetrics(self.fetcher, self.recorder, self.session_factory, metrics_board,
+                                      ingress_name())
 
     def __del__(self):
         if self.recorder is not None:

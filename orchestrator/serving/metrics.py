@@ -1,22 +1,29 @@
 """/metrics: the backend's figures in Prometheus text format, kept by the ingress with prometheus_client.
 
-Why here and why prometheus_client: every click, error and image fetch passes through the ingress, so one process
-sees them all and `/metrics` answers from memory, with no hop. The ingress is one replica (a thin async router);
-were it scaled out, each replica would keep its own figures and a scrape through the Serve proxy would reach one
-of them. Ray's own metrics (`ray.util.metrics`) are aggregated per node by Ray's metrics agent and exported on the
-agent's port, which the ingress cannot serve; Ray Serve's request counts and latencies are exported there already,
-and these figures sit beside them. prometheus_client's multiprocess mode needs every process to share one folder
-on one host, which Ray replicas on several nodes do not. Model replicas are seen through their answers (each names
-the replica that gave it); job states and the recorder are read when scraped (job states from the database, so
-they hold whatever process runs the scheduler).
+Why prometheus_client in the ingress: every click, error and image fetch passes through it, so the ingress sees
+them as they happen, from memory. Ray's own metrics (`ray.util.metrics`) are aggregated per node by Ray's metrics
+agent and exported on the agent's port, which the ingress cannot serve; Ray Serve's request counts and latencies
+are exported there already, and these figures sit beside them. prometheus_client's multiprocess mode needs every
+process to share one folder on one host, which Ray replicas on several nodes do not.
+
+Several ingress replicas: a scrape through the Serve proxy reaches one of them. So with more than one, the
+application has a MetricsBoard deployment (one replica, no CPU) to which each ingress sends a snapshot of its
+figures every PUSH_S seconds and when it is scraped; the scraped ingress answers with every live ingress's
+figures, each series labelled `ingress` (sum over it). A snapshot older than STALE_S (an ingress that went away)
+is left out. Model replicas are seen through their answers (each names the replica that gave it). Job states are
+read from the database when scraped, so they hold whatever process runs the scheduler.
 """
 from __future__ import annotations
 
 import logging
+import threading
+import time
 
 from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics,
                                generate_latest)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+from ray import serve
 
 log = logging.getLogger(__name__)
 
@@ -24,13 +31,34 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # Seconds per click: the model answers in tens of milliseconds on a CPU, a first click on a new image waits for it.
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
+PUSH_S = 5.0  # how often an ingress sends its snapshot to the board
+STALE_S = 30.0  # a snapshot this old belongs to an ingress that is gone
+
+
+@serve.deployment(name="MetricsBoard", num_replicas=1, ray_actor_options={"num_cpus": 0})
+class MetricsBoard:
+    """The latest snapshot of each ingress replica's figures."""
+
+    def __init__(self):
+        self._latest: dict[str, tuple[float, list]] = {}
+
+    def put(self, ingress: str, families: list) -> None:
+        self._latest[ingress] = (time.monotonic(), families)
+
+    def snapshots(self) -> dict[str, list]:
+        now = time.monotonic()
+        self._latest = {k: v for k, v in self._latest.items() if now - v[0] <= STALE_S}
+        return {k: families for k, (_, families) in self._latest.items()}
 
 
 class ServingMetrics:
     """The ingress's registry (its own, so nothing else in the process leaks into /metrics)."""
 
-    def __init__(self, fetcher=None, recorder=None, session_factory=None):
+    def __init__(self, fetcher=None, recorder=None, session_factory=None, board=None, ingress: str = ""):
         disable_created_metrics()  # a `_created` sample per series doubles the page and tells nothing here
+        self.board, self.ingress = board, ingress
+        self.shared = CollectorRegistry()  # the same whichever ingress answers: not per ingress
+        self.shared.register(_JobStates(session_factory))
         self.registry = CollectorRegistry()
         r = self.registry
         self.clicks = Counter("clickmask_clicks", "Clicks answered with a mask, by the model version that answered",
@@ -49,7 +77,9 @@ class ServingMetrics:
                                      "1 for the model version that last answered a project on a model replica",
                                      ["replica", "project", "model_version"], registry=r)
         self._versions: dict[tuple[str, str], str] = {}  # (replica, project) -> version shown
-        r.register(_ReadOnScrape(fetcher, recorder, session_factory))
+        r.register(_IngressState(fetcher, recorder))
+        if board is not None:
+            threading.Thread(target=self._push_forever, name="metrics-push", daemon=True).start()
 
     def answered(self, replica: str, project: int | None, version: str, seconds: float) -> None:
         self.clicks.labels(version).inc()
@@ -63,18 +93,58 @@ class ServingMetrics:
             self._versions[key] = version
 
     def text(self) -> bytes:
-        return generate_latest(self.registry)
+        """The exposition (blocking: it may ask the board and the database)."""
+        if self.board is None:
+            return generate_latest(self.registry) + generate_latest(self.shared)
+        self._push()
+        merged = CollectorRegistry()
+        merged.register(_Merged(self.board.snapshots.remote().result(timeout_s=10)))
+        return generate_latest(merged) + generate_latest(self.shared)
+
+    def snapshot(self) -> list:
+        """This ingress's families as plain data (name, help, type, [(sample, labels, value)])."""
+        return [(m.name, m.documentation, m.type, [(x.name, dict(x.labels), x.value) for x in m.samples])
+                for m in self.registry.collect()]
+
+    def _push(self) -> None:
+        self.board.put.remote(self.ingress, self.snapshot()).result(timeout_s=10)
+
+    def _push_forever(self) -> None:
+        while True:
+            time.sleep(PUSH_S)
+            try:
+                self._push()
+            except Exception as exc:  # the board restarting: the next push will do
+                log.debug("metrics push failed: %s", exc)
 
 
-class _ReadOnScrape:
-    """Figures read when scraped: the ingress's image cache, the click recorder, and fine-tuning jobs per state
-    from the database (the scheduler may run in another process)."""
+class _Merged:
+    """Every ingress's snapshot, each sample labelled with its ingress."""
 
-    def __init__(self, fetcher, recorder, session_factory):
-        self.fetcher, self.recorder, self.session_factory = fetcher, recorder, session_factory
+    def __init__(self, snapshots: dict[str, list]):
+        self.snapshots = snapshots
 
     def describe(self):
-        return []  # collected only when scraped (the database query must not run at registration)
+        return []
+
+    def collect(self):
+        families: dict[str, Metric] = {}
+        for ingress, snapshot in sorted(self.snapshots.items()):
+            for name, documentation, kind, samples in snapshot:
+                family = families.setdefault(name, Metric(name, documentation, kind))
+                for sample, labels, value in samples:
+                    family.add_sample(sample, {**labels, "ingress": ingress}, value)
+        yield from families.values()
+
+
+class _IngressState:
+    """Read when scraped: the ingress's image cache and click recorder."""
+
+    def __init__(self, fetcher, recorder):
+        self.fetcher, self.recorder = fetcher, recorder
+
+    def describe(self):
+        return []  # collected only when scraped
 
     def collect(self):
         if self.fetcher is not None:
@@ -90,10 +160,20 @@ class _ReadOnScrape:
             yield CounterMetricFamily("clickmask_clicks_recorded", "Clicks written to the database", status.recorded)
             yield CounterMetricFamily("clickmask_clicks_dropped", "Clicks that could not be recorded", status.dropped)
             yield GaugeMetricFamily("clickmask_recorder_queued", "Clicks waiting to be written", status.queued)
-        if self.session_factory is not None:
-            yield from self._jobs()
 
-    def _jobs(self):
+
+class _JobStates:
+    """Fine-tuning jobs per state, from the database when scraped (the scheduler may run in another process)."""
+
+    def __init__(self, session_factory):
+        self.session_factory = session_factory
+
+    def describe(self):
+        return []  # collected only when scraped (the database query must not run at registration)
+
+    def collect(self):
+        if self.session_factory is None:
+            return
         from sqlalchemy import func, select
 
         from orchestrator.db import TrainingJob
