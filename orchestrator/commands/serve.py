@@ -27,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-replicas", type=int, default=int(os.environ.get("CLICKMASK_MAX_REPLICAS", "0")),
                    help="autoscale up to this many replicas under load (default: fixed --replicas)")
     p.add_argument("--ingress-replicas", type=int, default=int(os.environ.get("CLICKMASK_INGRESS_REPLICAS", "1")),
-                   help="HTTP ingress replicas (a fleet needs about one per 30 clicks/s; see orchestrator/deploy)")
+                   help="HTTP ingress replicas (about one per 50 clicks/s; orchestrator/deploy/scaling.md)")
     gpus = os.environ.get("CLICKMASK_GPUS_PER_REPLICA", "").strip()
     p.add_argument("--gpus-per-replica", type=float, default=float(gpus) if gpus else None,
                    help="GPUs (or a fraction) each replica asks for (default: one when the cluster has GPUs)")
