@@ -150,3 +150,36 @@ def test_launcher_node_types_declare_the_resources_placement_uses():
     for command in config["head_start_ray_commands"] + config["worker_start_ray_commands"]:
         if re.search(r"\bray start\b", command):
             assert ". ~/clickmask.env" in command
+
+
+def test_the_scheduler_application_runs_queued_jobs_on_ray(serve_http, monkeypatch, tmp_path):
+    """Deployed as the Serve config deploys it: settings read where the application is built, carried to the
+    replica; a job queued in the database is picked up (here it fails fast: the project has no annotations)."""
+    import time
+
+    from ray import serve
+
+    from orchestrator import jobs
+    from orchestrator.db import make_engine, make_session_factory
+    from orchestrator.serving import entrypoint
+
+    url = f"sqlite:///{tmp_path / 'clickmask.db'}"
+    monkeypatch.setenv("CLICKMASK_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("CLICKMASK_DATABASE_URL", url)
+    entrypoint.backend({})  # migrates the database, as deploying the backend does
+    engine = make_engine(url)
+    try:
+        factory = make_session_factory(engine)
+        job = jobs.enqueue(factory, 5, "webhook")
+        serve.run(entrypoint.scheduler({}), name="finetune-test", route_prefix=None)
+        try:
+            deadline = time.monotonic() + 120  # the scheduler looks for queued jobs every 2 s once it runs
+            while jobs.get(factory, job).state in jobs.ACTIVE:
+                assert time.monotonic() < deadline, "the deployed scheduler never ran the queued job"
+                time.sleep(0.5)
+            failed = jobs.get(factory, job)
+            assert failed.state == "failed" and "annotated images" in failed.error
+        finally:
+            serve.delete("finetune-test")
+    finally:
+        engine.dispose()

@@ -4,7 +4,7 @@ resource tables; the two-node proof on a real Ray cluster is tests/bench_autosca
 from __future__ import annotations
 
 from orchestrator.placement import (INGRESS_RESOURCE, JOBS_RESOURCE, REPLICA_RESOURCE, job_options, job_slots,
-                                   replica_actor_options, stable_node_options)
+                                   replica_actor_options)
 from orchestrator.serving.app import ServeConfig, build_app
 
 FLEET = {"CPU": 40.0, "GPU": 4.0, INGRESS_RESOURCE: 2.0, JOBS_RESOURCE: 4.0, REPLICA_RESOURCE: 4.0}
@@ -47,11 +47,12 @@ def test_jobs_take_a_job_slot_only_where_slots_are_declared():
     assert (job_slots(FLEET), job_slots(ONE_MACHINE)) == (4, 1)
 
 
-def test_the_scheduler_stays_on_stable_nodes_without_taking_a_cpu():
-    import ray
+def test_the_scheduler_stays_on_stable_nodes_without_taking_a_cpu(monkeypatch, tmp_path):
+    from orchestrator.serving import entrypoint
 
-    from orchestrator.serving.entrypoint import scheduler
-
-    assert not ray.is_initialized()  # the builder reads the cluster; here there is none: one-machine placement
-    assert scheduler({})._bound_deployment.ray_actor_options == {"num_cpus": 0}
-    assert stable_node_options(FLEET) == {"num_cpus": 0, "resources": {INGRESS_RESOURCE: 0.01}}
+    monkeypatch.setenv("CLICKMASK_DATA_DIR", str(tmp_path))
+    monkeypatch.setattr(entrypoint, "cluster_resources", lambda: FLEET)  # the builder reads the cluster it is on
+    assert entrypoint.scheduler({})._bound_deployment.ray_actor_options == {
+        "num_cpus": 0, "resources": {INGRESS_RESOURCE: 0.01}}
+    monkeypatch.setattr(entrypoint, "cluster_resources", lambda: ONE_MACHINE)
+    assert entrypoint.scheduler({})._bound_deployment.ray_actor_options == {"num_cpus": 0}

@@ -35,10 +35,9 @@ class FinetuneScheduler:
     """One replica running the scheduler thread; should two ever run (a restart overlapping), the database's job
     claims keep each job to one runner."""
 
-    def __init__(self):
+    def __init__(self, settings, config):
         from orchestrator.commands.serve import start_scheduler
 
-        settings, config = _settings()
         self.scheduler = start_scheduler(settings, config)
 
     def __del__(self):
@@ -50,4 +49,6 @@ class FinetuneScheduler:
 
 def scheduler(args: dict | None = None):
     """Serve application builder for the fine-tuning scheduler (no HTTP route: deploy it with route_prefix null)."""
-    return FinetuneScheduler.options(ray_actor_options=stable_node_options(cluster_resources())).bind()
+    settings, config = _settings()
+    options = stable_node_options(cluster_resources())
+    return FinetuneScheduler.options(ray_actor_options=options).bind(settings, config)
