@@ -214,7 +214,8 @@ def image_uri(task: dict, brushes: list[dict], body: dict) -> str | None:
     parsed_config = body["project"].get("parsed_label_config")
     keys = []
     for brush in brushes:
-        control = parsed_config.get(brush.get("from_name")) if isinstance(parsed_config, dict) else None
+        name = brush.get("from_name")
+        control = parsed_config.get(name) if isinstance(parsed_config, dict) and isinstance(name, str) else None
         inputs = control.get("inputs") if isinstance(control, dict) else None
         if isinstance(inputs, list):
             keys += [i.get("value") for i in inputs if isinstance(i, dict) and isinstance(i.get("value"), str)]

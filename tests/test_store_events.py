@@ -185,6 +185,14 @@ def test_bad_bodies_are_refused_with_a_logged_reason_and_write_nothing(session_f
     assert counts(session_factory) == {"projects": 0, "images": 0, "annotations": 0, "annotation_masks": 0}
 
 
+def test_a_from_name_that_is_no_string_is_stored_without_it(session_factory, created):
+    created["annotation"]["result"][0]["from_name"] = ["brush"]  # a list: it used to raise TypeError
+    assert handle_event(session_factory, created).status == "applied"
+    with session_factory() as session:
+        (mask,) = session.scalars(select(AnnotationMask)).all()
+        assert (mask.from_name, mask.label) == ("", "Cat")
+
+
 @pytest.mark.parametrize("body", [None, [], "ANNOTATION_CREATED", {"action": None}])
 def test_bodies_that_are_not_events(session_factory, body):
     assert handle_event(session_factory, body).status in ("rejected", "ignored")
