@@ -283,13 +283,17 @@ def test_wrong_or_missing_basic_auth_is_401_on_every_endpoint(hostile, ls_reques
 
 
 def test_no_secret_in_any_answer_or_log_of_the_served_backend(hostile, ls_request):
-    """Runs after the tests above (file order): by now the backend has refused the Label Studio key, failed
-    logins, bad images and bad webhooks, and written its logs about them."""
+    """Every answer of this module (it runs last, in file order) and every log file of the Ray session, after the
+    backend has refused the Label Studio key, failed logins, bad images and bad webhooks here and above."""
     import ray
 
     refused = post(hostile, "/predict", json=click_body(ls_request, "/data/upload/1/secret.png", region="key"))
     assert "check LABEL_STUDIO_API_KEY" in " ".join(interactive_errors(refused))
-    assert len(answers) > 50
+    assert post(hostile, "/predict", auth=(USER, "wrong"), json={}).status_code == 401
+    assert post(hostile, "/setup", data=b"{", headers={"Content-Type": "application/json"}).status_code == 400
+    bad = annotation_event(ls_request, 9001)
+    bad["annotation"]["result"][0]["value"]["rle"] = wide(400, 300)
+    assert post(hostile, "/webhook", json=bad).json()["status"] == "rejected"
     for text in answers:
         for secret in SECRETS:
             assert secret not in text
