@@ -13,7 +13,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
-import numpy as np
 import pytest
 import requests
 from label_studio_sdk.converter.brush import decode_rle
