@@ -241,3 +241,25 @@ def wait_for(predicate, what: str, timeout: float = 120.0) -> None:
     while not predicate():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.2)
+
+
+def test_a_node_lost_from_a_two_node_cluster_serving_goes_on_on_the_other(tmp_path):
+    """A Ray cluster of two nodes on this machine, one model replica on each; the node without the ingress goes
+    away while four annotators click. Run in a process of its own (tests/cluster_support.py): this process already
+    holds a connection to the test run's Ray."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    done = subprocess.run([sys.executable, str(Path(__file__).with_name("cluster_support.py")), str(tmp_path)],
+                          capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, done.stderr[-4000:]
+    report = json.loads([line for line in done.stdout.splitlines() if line.startswith("{")][-1])
+    assert report["worker_images_before_loss"] >= 1  # the lost node was serving some of the annotators
+    assert report["serving_nodes"] == [report["head"]]  # the replica left runs on the node that stayed
+    for annotator in report["annotators"]:
+        errors = annotator["errors"]
+        assert errors["before"] == [] and errors["after"] == [], errors
+        assert len(errors["during"]) <= 1, errors  # at most the click that was on the lost node
+        assert annotator["clicks"]["before"] >= 8 and annotator["clicks"]["after"] >= 8

@@ -193,10 +193,12 @@ class ClickModel:
 
     def stats(self) -> dict:
         """What this replica holds (to watch its memory stay within IMAGES_PER_REPLICA and OBJECTS_PER_IMAGE)."""
+        import ray
+
         states = list(self._states.values())
         objects = [o for s in states for o in list(s.objects.values())]
-        return {"pid": os.getpid(), "rss_bytes": rss_bytes(), "images": len(states),
-                "image_bytes": sum(s.rgb.nbytes for s in states if s.rgb is not None),
+        return {"pid": os.getpid(), "node": ray.get_runtime_context().get_node_id(), "rss_bytes": rss_bytes(),
+                "images": len(states), "image_bytes": sum(s.rgb.nbytes for s in states if s.rgb is not None),
                 "objects": len(objects), "max_objects_per_image": max((len(s.objects) for s in states), default=0),
                 "object_bytes": sum(o.prediction.prob.nbytes + o.prediction.mask.nbytes for o in objects),
                 "versions": len(self._predictors)}
