@@ -41,7 +41,8 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_serving import APP, DAVIS, ObjectScript, Run, click_scripts, deploy, predict_body, timed_post, warm_up
+from bench_serving import (APP, DAVIS, ObjectScript, Run, click_scripts, deploy, predict_body, stop_serving,
+                           timed_post, warm_up)
 from ls_support import free_port
 
 BAR_P95_MS = 80.0
@@ -242,14 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         sampler.join()
         sampler.samples.append(sampler.sample())
     finally:
-        try:
-            serve.shutdown()
-        except Exception:
-            pass
-        import ray
-
-        if ray.is_initialized():
-            ray.shutdown()
+        stop_serving()
         images.stop()
     meta["finished_utc"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     meta["loadavg_at_end"] = os.getloadavg()

@@ -240,6 +240,19 @@ def deploy(replicas: int, images, db_url: str | None) -> None:
                                     database_url=db_url)), name=APP, route_prefix="/")
 
 
+def stop_serving() -> None:
+    """Tear down the benchmark's Serve app and its local Ray, whatever state a failed run left them in."""
+    import ray
+    from ray import serve
+
+    try:
+        serve.shutdown()
+    except Exception:
+        pass
+    if ray.is_initialized():
+        ray.shutdown()
+
+
 def warm_up(predict_url: str, image_url, script: ObjectScript, timeout: float, replicas: int) -> None:
     """First requests after a deploy (every replica's first prediction, the proxy's first route) are not timed."""
     session = requests.Session()
@@ -383,14 +396,7 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(run.summary())
                 print_table(rows[-1:])
     finally:
-        try:
-            serve.shutdown()
-        except Exception:
-            pass
-        import ray
-
-        if ray.is_initialized():
-            ray.shutdown()
+        stop_serving()
         if studio is not None:
             studio.stop()
         images.stop()
