@@ -41,9 +41,8 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_serving import (APP, DAVIS, ObjectScript, Run, click_scripts, deploy, predict_body, stop_serving,
-                           timed_post, warm_up)
-from ls_support import free_port
+from bench_serving import (APP, DAVIS, ObjectScript, Run, click_scripts, deploy, predict_body, start_serving,
+                           stop_serving, timed_post, warm_up)
 
 BAR_P95_MS = 80.0
 
@@ -188,12 +187,10 @@ def main(argv: list[str] | None = None) -> int:
     groups = [pool[i:: args.annotators] for i in range(args.annotators)]
 
     from alembic import command
-    from ray import serve
 
     from image_server import ImageServer
     from integrations.images import ImageSettings
     from migrations import alembic_config
-    from orchestrator.ray_runtime import start_ray
 
     work = Path(tempfile.mkdtemp(prefix="cm-bench-load-"))
     db_url = f"sqlite:///{work / 'clickmask.db'}"
@@ -205,10 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     rows, sampler = [], None
     try:
         settings = ImageSettings(allowed_hosts=(images.host,), cache_bytes=int(args.image_cache_mb * 2 ** 20))
-        start_ray(temp_dir=tempfile.mkdtemp(prefix="cm-ray-bench-"))
-        port = free_port()
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        predict_url = f"http://127.0.0.1:{port}/predict"
+        predict_url = start_serving()
 
         def image_url(script: ObjectScript) -> str:
             return images.url(script.name)

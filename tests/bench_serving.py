@@ -240,6 +240,18 @@ def deploy(replicas: int, images, db_url: str | None) -> None:
                                     database_url=db_url)), name=APP, route_prefix="/")
 
 
+def start_serving() -> str:
+    """A local Ray (its own temp folder) and Serve's HTTP proxy on a free loopback port; the /predict URL."""
+    from ray import serve
+
+    from orchestrator.ray_runtime import start_ray
+
+    start_ray(temp_dir=tempfile.mkdtemp(prefix="cm-ray-bench-"))
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    return f"http://127.0.0.1:{port}/predict"
+
+
 def stop_serving() -> None:
     """Tear down the benchmark's Serve app and its local Ray, whatever state a failed run left them in."""
     import ray
@@ -329,12 +341,10 @@ def main(argv: list[str] | None = None) -> int:
         return head
 
     from alembic import command
-    from ray import serve
 
     from image_server import ImageServer
     from integrations.images import ImageSettings
     from migrations import alembic_config
-    from orchestrator.ray_runtime import start_ray
 
     work = Path(tempfile.mkdtemp(prefix="cm-bench-serving-"))
     db_url = None if args.no_db else f"sqlite:///{work / 'clickmask.db'}"
@@ -355,10 +365,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  healthy after {studio.startup_s:.0f} s", flush=True)
         settings = ImageSettings(allowed_hosts=(images.host,), label_studio_url=studio.url if studio else None,
                                  label_studio_api_key=studio.pat if studio else None)
-        start_ray(temp_dir=tempfile.mkdtemp(prefix="cm-ray-bench-"))
-        port = free_port()
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        predict_url = f"http://127.0.0.1:{port}/predict"
+        predict_url = start_serving()
 
         def image_url(script: ObjectScript) -> str:
             return images.url(script.name)
@@ -384,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
                     for script in ls_scripts:  # one file per import (Label Studio keeps one file per form key)
                         for task in studio.upload_images(project, [script.path]):
                             tasks[task["data"]["image"].rsplit("/", 1)[-1].split("-", 1)[1]] = task["id"]
-                    backend_id = studio.connect_backend(project, f"http://127.0.0.1:{port}")
+                    backend_id = studio.connect_backend(project, predict_url.removesuffix("/predict"))
                     run = latency_through_label_studio(studio, backend_id, tasks, ls_scripts, args.timeout)
                     run.replicas = replicas
                     rows.append(run.summary())
