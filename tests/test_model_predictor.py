@@ -48,6 +48,23 @@ def test_zoom_in_looks_at_a_box_from_the_second_click(net):
     assert no_zoom.frame_for(clicks * 2, mask.astype(np.float32)).x1 == 854
 
 
+def test_a_first_click_box_frames_small_objects_from_the_first_click(net):
+    rgb, mask = disk_scene(h=480, w=854, cx=300, cy=200, r=10)
+    p = ClickSegPredictor(net, PredictorConfig(long_side=320, first_click_side=128))
+    p.set_image(rgb)
+    frame = p.frame_for([Click(300, 200, True)], None)
+    assert frame.x1 - frame.x0 == 128 and frame.y1 - frame.y0 == 128
+    assert frame.x0 < 300 < frame.x1 and frame.y0 < 200 < frame.y1
+    assert p.predict([Click(300, 200, True)]).prob.shape == (480, 854)
+    # From the second click on, the zoom-in box takes over as usual.
+    second = p.frame_for([Click(300, 200, True), Click(305, 200, True)], mask.astype(np.float32))
+    assert second.x1 - second.x0 == 200
+    # Without zoom-in there is no first-click box either: the network sees the whole image.
+    whole = ClickSegPredictor(net, PredictorConfig(zoom_in=False, first_click_side=128))
+    whole.set_image(rgb)
+    assert whole.frame_for([Click(300, 200, True)], None).x1 == 854
+
+
 def test_flip_averaging_is_mirror_symmetric(net):
     rgb, _ = disk_scene()
     p = ClickSegPredictor(net, PredictorConfig(flip=True, keep_clicked_component=False))

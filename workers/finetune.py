@@ -2,11 +2,13 @@
 parent and candidate on the validation images with the NoC protocol, and put the candidate in the object store.
 
 Small objects (nuclei are about 19 px across) are where a domain differs most from the base data: the predictor's
-zoom-in crop is at least `zoom_min_side` px, which leaves such an object a few network pixels wide. So the job also
-picks the zoom-in floor for the domain (the parent's, 128 or 64 px: the one with the lowest NoC@85 for the parent on
-a few training objects, never on validation ones), trains on frames laid out as the predictor will then frame them
-(InferenceFrames), and stores the choice in the candidate's predictor settings. The gate compares what serves (the
-parent with its own settings) with what would serve (the candidate with its own).
+first click sees the whole image and its zoom-in crop is at least `zoom_min_side` px, both of which leave such an
+object a few network pixels wide. So the job also picks the framing for the domain: the zoom-in floor (the parent's,
+128 or 64 px) and whether a first click sees the whole image or a box of `first_click_sides` px around it, the
+combination with the lowest NoC@85 for the parent on a few training objects (never on validation ones). It trains on
+frames laid out as the predictor will then frame them (InferenceFrames) and stores the choice in the candidate's
+predictor settings. The gate compares what serves (the parent with its own settings) with what would serve (the
+candidate with its own).
 
 It knows nothing of the database or of promotion: the scheduler (orchestrator.scheduler) hands it a FinetuneSpec
 (images by URI with their masks as COCO RLE, already split) and decides from the metrics it returns.
@@ -60,7 +62,8 @@ class FinetuneSpec:
     eval_objects: int = 60  # validation objects at most (spread over the images), per version
     eval_clicks: int = 20
     zoom_floors: tuple[int, ...] = (128, 64)  # zoom-in floors tried besides the parent's own
-    choose_objects: int = 24  # training objects the floor is chosen on (10 clicks each)
+    first_click_sides: tuple[int, ...] = (128,)  # first-click boxes tried besides the whole image (0)
+    choose_objects: int = 24  # training objects the framing is chosen on (10 clicks each)
     seed: int = 0
     nice: int = 19
 
@@ -87,15 +90,16 @@ def finetune(spec: FinetuneSpec) -> dict:
         payload = load_checkpoint(parent)
         predictor = {**PredictorConfig().to_dict(), **(payload.get("predictor") or {})}
         t0 = time.perf_counter()
-        floors = {}
-        predictor["zoom_min_side"] = choose_zoom_floor(parent, train_images, predictor["zoom_min_side"], spec, floors)
-        seconds["choose_zoom"] = time.perf_counter() - t0
+        framings = {}
+        predictor.update(choose_framing(parent, train_images, predictor, spec, framings))
+        seconds["choose_framing"] = time.perf_counter() - t0
         cfg = TrainConfig(samples=spec.samples, batch_size=spec.batch_size, size=spec.size, lr=spec.lr,
                           warmup_samples=min(200, spec.samples // 10), data_workers=0, threads=1, seed=spec.seed,
                           checkpoint_every_s=1e9, net=payload["net"], predictor=predictor)
         out = Path(tmp) / "candidate.pt"
         t0 = time.perf_counter()
-        frames = InferenceFrames([train_images], size=spec.size, min_side=predictor["zoom_min_side"])
+        frames = InferenceFrames([train_images], size=spec.size, min_side=predictor["zoom_min_side"],
+                                 first_side=predictor["first_click_side"])
         state = train(frames, out, cfg, init=parent, progress=False)
         seconds["train"] = time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -105,7 +109,7 @@ def finetune(spec: FinetuneSpec) -> dict:
         seconds["evaluate"] = time.perf_counter() - t0
         _strip_optimizer(out)
         store.put_file(spec.out_key, out)
-    return {"parent": old, "candidate": new, "train": state, "seconds": seconds, "zoom_floors": floors,
+    return {"parent": old, "candidate": new, "train": state, "seconds": seconds, "framings": framings,
             "objects": {"train": sum(len(im.objects) for im in train_images),
                         "val": sum(len(objs) for _, objs in chosen)}}
 
@@ -122,31 +126,42 @@ def validate(predictor, images: list[tuple[np.ndarray, list[np.ndarray]]], max_c
     return {k: None if isinstance(v, float) and v != v else v for k, v in result.summary().items()}
 
 
-def choose_zoom_floor(parent: Path, images: list[LoadedImage], current: int, spec: FinetuneSpec,
-                      noc85: dict) -> int:
-    """The zoom-in floor (`current` or one of spec.zoom_floors) giving the parent the lowest NoC@85 on a few
-    training objects; ties keep the larger floor. `noc85` receives each floor's figure."""
+def choose_framing(parent: Path, images: list[LoadedImage], current: dict, spec: FinetuneSpec,
+                   noc85: dict) -> dict:
+    """The predictor's framing settings ({"zoom_min_side", "first_click_side"}) giving the parent the lowest NoC@85
+    on a few training objects: the parent's own, or a zoom-in floor from spec.zoom_floors with a first click on the
+    whole image or in a box from spec.first_click_sides. Ties keep the parent's own, then larger boxes. `noc85`
+    receives each tried framing's figure under "floor/first" (first 0: the whole image)."""
     chosen = _spread(images, spec.choose_objects)
-    for floor in sorted({current, *spec.zoom_floors}, reverse=True):
-        noc85[str(floor)] = validate(load_predictor(parent, zoom_min_side=floor), chosen, 10, str(floor))["NoC@85"]
-    return int(min(noc85, key=lambda f: (noc85[f], -int(f))))
+    own = (current["zoom_min_side"], current.get("first_click_side", 0))
+    tried = [own] + sorted({(f, s) for f in {own[0], *spec.zoom_floors} for s in {0, *spec.first_click_sides}}
+                           - {own}, key=lambda fs: (-fs[0], -fs[1]))
+    for floor, first in tried:
+        predictor = load_predictor(parent, zoom_min_side=floor, first_click_side=first)
+        noc85[f"{floor}/{first}"] = validate(predictor, chosen, 10, f"{floor}/{first}")["NoC@85"]
+    floor, first = min(tried, key=lambda fs: noc85[f"{fs[0]}/{fs[1]}"])  # min keeps the first of equals
+    return {"zoom_min_side": floor, "first_click_side": first}
 
 
 class InferenceFrames(SampleGenerator):
     """Training frames laid out as the predictor frames an object: mostly a zoom-in crop (the object's box
-    enlarged, at least `min_side` px), else the whole image as the first click sees it."""
+    enlarged, at least `min_side` px), else what the first click sees: the whole image, or with `first_side` a box
+    of that side around a point inside the object."""
 
-    def __init__(self, folders, size: int = 256, min_side: int = 200, zoom_prob: float = 0.7):
+    def __init__(self, folders, size: int = 256, min_side: int = 200, first_side: int = 0, zoom_prob: float = 0.7):
         super().__init__(folders, size=size, zoom_prob=zoom_prob)
-        self.min_side = min_side
+        self.min_side, self.first_side = min_side, first_side
 
     def _frame(self, rng: np.random.Generator, target: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
         ys, xs = np.nonzero(target)
-        box = max(xs.max() + 1 - xs.min(), ys.max() + 1 - ys.min())
+        bw, bh = xs.max() + 1 - xs.min(), ys.max() + 1 - ys.min()
         cx, cy = (xs.min() + xs.max() + 1) / 2, (ys.min() + ys.max() + 1) / 2
         if rng.random() < self.zoom_prob:
-            side = max(box * rng.uniform(1.2, 1.8), self.min_side * rng.uniform(0.8, 1.2))
+            side = max(max(bw, bh) * rng.uniform(1.2, 1.8), self.min_side * rng.uniform(0.8, 1.2))
             cx, cy = cx + rng.uniform(-0.2, 0.2) * side, cy + rng.uniform(-0.2, 0.2) * side
+        elif self.first_side:
+            side = min(max(shape), self.first_side * rng.uniform(0.9, 1.1))
+            cx, cy = cx + rng.uniform(-0.2, 0.2) * bw, cy + rng.uniform(-0.2, 0.2) * bh
         else:
             side = max(shape) * rng.uniform(0.9, 1.1)
             cx = shape[1] / 2 + rng.uniform(-0.05, 0.05) * side

@@ -5,8 +5,9 @@
     first = predictor.predict([Click(x, y, True)])
     second = predictor.predict([Click(x, y, True), Click(x2, y2, False)], prev=first)
 
-The first click looks at the whole image resized to `long_side`; from the second click on (zoom-in) the network
-looks at a box around the previous mask and the positive clicks. Flip averaging runs the network on the mirrored
+The first click looks at the whole image resized to `long_side` (or, with `first_click_side`, at a box of that
+side around the click); from the second click on (zoom-in) the network looks at a box around the previous mask and
+the positive clicks. Flip averaging runs the network on the mirrored
 frame too and averages the two probability maps.
 """
 from __future__ import annotations
@@ -35,6 +36,7 @@ class PredictorConfig:
     zoom_in: bool = True
     zoom_expand: float = 1.4
     zoom_min_side: int = 200
+    first_click_side: int = 0  # 0: a first click sees the whole image; else a box of at least this side around it
     flip: bool = False
     bf16: bool = True  # bfloat16 convolutions where the CPU has them (AVX512-BF16, AMX); see README figures
     keep_clicked_component: bool = True  # drop mask parts that touch no positive click
@@ -69,7 +71,11 @@ class ClickSegPredictor(Predictor):
             return Frame.around(zoom_in_box(clicks + corners, None, (h, w), self.config.zoom_expand,
                                             self.config.zoom_min_side), self.config.long_side)
         box = (0, 0, w, h)
-        if self.config.zoom_in and len(clicks) > 1:
+        if self.config.zoom_in and len(clicks) == 1 and self.config.first_click_side:
+            # Domains of small objects only (chosen by fine-tuning): the whole image would leave the object a few
+            # network pixels wide, while a box around the click shows it as large as the later zoom-in will.
+            box = zoom_in_box(clicks, None, (h, w), self.config.zoom_expand, self.config.first_click_side)
+        elif self.config.zoom_in and len(clicks) > 1:
             prev_mask = None if prev_prob is None else prev_prob > THRESHOLD
             box = zoom_in_box(clicks, prev_mask, (h, w), self.config.zoom_expand, self.config.zoom_min_side)
         return Frame.around(box, self.config.long_side)
