@@ -222,7 +222,7 @@ class Scheduler:
                                  f"{self.config.finetune.min_val_objects}); {reason}")
         details = dict(prepared.details, parent_metrics=result["parent"], candidate_metrics=result["candidate"],
                        objects=result["objects"], seconds=dict(result["seconds"], total=seconds),
-                       framing_noc85=result.get("framings"),
+                       framing=result.get("framing"),
                        samples=result["train"].get("samples_seen"), loss=result["train"].get("loss"))
         with self.factory.begin() as session:
             serving = registry.serving_row(session, prepared.project_id)

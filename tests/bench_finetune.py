@@ -309,15 +309,14 @@ def in_process(args, report: dict, fed, objects, base_path: str, server, root: P
                         val=[AnnotatedImage(u, masks[u]) for u in val_uris], nice=0)
     t0 = time.time()
     result = finetune(spec)
-    report["job"] = {"seconds": time.time() - t0, "phases": result["seconds"], "framings": result["framings"],
+    report["job"] = {"seconds": time.time() - t0, "phases": result["seconds"], "framing": result["framing"],
                      "objects": result["objects"], "gate_parent": result["parent"],
                      "gate_candidate": result["candidate"], "train_images": len(train_uris),
                      "val_images": len(val_uris)}
     report["after"] = noc_on(str(root / "candidate.pt"), objects, args.max_clicks)
     b, a = report["before"], report["after"]
-    print(f"job {report['job']['seconds']:.0f} s {json.dumps(result['seconds'])}, framings "
-          f"(NoC@85 by zoom floor / first-click box) {result['framings']}; gate NoC@85 {result['parent']['NoC@85']:.2f} -> "
-          f"{result['candidate']['NoC@85']:.2f}", flush=True)
+    print(f"job {report['job']['seconds']:.0f} s {json.dumps(result['seconds'])}, framing {result['framing']}; "
+          f"gate NoC@85 {result['parent']['NoC@85']:.2f} -> {result['candidate']['NoC@85']:.2f}", flush=True)
     print(f"after: NoC@85 {a['NoC@85']:.2f} NoC@90 {a['NoC@90']:.2f} mIoU@5 {a['mIoU@5']:.3f} "
           f"(before {b['NoC@85']:.2f} / {b['NoC@90']:.2f} / {b['mIoU@5']:.3f}); ratio {a['NoC@85'] / b['NoC@85']:.2f}",
           flush=True)

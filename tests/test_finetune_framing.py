@@ -1,12 +1,11 @@
-"""How a fine-tuning job frames a domain's objects: the framing it picks for the predictor (zoom-in floor and
-first-click box) and the training frames laid out to match. Pure logic: no Ray, no database."""
+"""How a fine-tuning job frames a domain's objects: the framing it picks for the predictor from their size (zoom-in
+floor and first-click box) and the training frames laid out to match. Pure logic: no Ray, no database."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-import workers.finetune as ft
-from workers.finetune import FinetuneSpec, InferenceFrames, choose_framing
+from workers.finetune import InferenceFrames, framing_for
 from workers.model.data import LoadedImage, _object
 
 
@@ -20,45 +19,35 @@ def small_objects_image(count: int = 3) -> LoadedImage:
     return LoadedImage(rgb, objects)
 
 
-@pytest.fixture
-def scored(monkeypatch):
-    """choose_framing with the parent's NoC@85 for each framing given by a table instead of measured."""
-    tried = []
-
-    def run(table: dict[tuple[int, int], float], own=(200, 0), floors=(128, 64), sides=(128,)):
-        monkeypatch.setattr(ft, "load_predictor", lambda path, **config: (config["zoom_min_side"],
-                                                                          config["first_click_side"]))
-        monkeypatch.setattr(ft, "validate", lambda predictor, images, clicks, name: (
-            tried.append(predictor) or {"NoC@85": table[predictor]}))
-        spec = FinetuneSpec(parent="base", out_key="x", store_url="x", train=[], val=[], zoom_floors=floors,
-                            first_click_sides=sides, choose_objects=2)
-        figures: dict = {}
-        current = {"zoom_min_side": own[0], "first_click_side": own[1]}
-        return choose_framing("parent.pt", [small_objects_image()], current, spec, figures), figures, tried
-
-    return run
+def objects_of_side(side: int, image_hw=(240, 320), count: int = 5) -> LoadedImage:
+    rgb = np.zeros(image_hw + (3,), np.uint8)
+    objects = []
+    for i in range(count):
+        mask = np.zeros(image_hw, bool)
+        mask[10:10 + side, 10 + i:10 + i + side] = True
+        objects.append(_object(mask))
+    return LoadedImage(rgb, objects)
 
 
-def test_the_framing_with_the_fewest_clicks_is_chosen_among_every_combination(scored):
-    table = {(200, 0): 9.0, (200, 128): 7.5, (128, 0): 8.0, (128, 128): 6.0, (64, 0): 8.5, (64, 128): 6.5}
-    chosen, figures, tried = scored(table)
-    assert chosen == {"zoom_min_side": 128, "first_click_side": 128}
-    assert sorted(tried) == sorted(table)  # each combination measured once
-    assert tried[0] == (200, 0)  # the parent's own first
-    assert figures == {f"{f}/{s}": v for (f, s), v in table.items()}
+@pytest.mark.parametrize("side, floor, first", [
+    (23, 64, 128),  # nuclei-sized: the median object spans a quarter of a 64 px zoom-in, and a first-click box
+    (36, 128, 256),  # a quarter of 128 px
+    (60, 200, 0),  # large enough for the parent's own floor, and over an eighth of the image: the whole image
+    (10, 64, 128),  # smaller than any floor allows: the smallest
+])
+def test_the_framing_follows_the_size_of_the_domains_objects(side, floor, first):
+    framing = framing_for([objects_of_side(side)], 200, (200, 128, 64))
+    assert (framing["zoom_min_side"], framing["first_click_side"]) == (floor, first)
+    assert framing["median_object_px"] == side
 
 
-def test_ties_keep_the_parents_own_framing(scored):
-    table = {k: 7.0 for k in [(200, 0), (200, 128), (128, 0), (128, 128), (64, 0), (64, 128)]}
-    chosen, _, _ = scored(table)
-    assert chosen == {"zoom_min_side": 200, "first_click_side": 0}
-
-
-def test_a_parent_already_framed_for_the_domain_is_a_candidate_as_it_is(scored):
-    table = {(128, 128): 5.0, (128, 0): 6.0, (64, 0): 6.0, (64, 128): 5.0}
-    chosen, _, tried = scored(table, own=(128, 128))
-    assert chosen == {"zoom_min_side": 128, "first_click_side": 128}
-    assert len(tried) == 4
+def test_the_median_object_decides_and_the_parents_floor_is_one_of_the_choices():
+    images = [objects_of_side(23, count=3), objects_of_side(150, count=2)]
+    assert framing_for(images, 200, (200, 128, 64))["zoom_min_side"] == 64
+    # A parent already framed for a domain (floor 96) keeps its floor when the objects still fit it.
+    assert framing_for([objects_of_side(30)], 96, (200, 128, 64))["zoom_min_side"] == 96
+    # The first click sees the whole image when the objects are a large part of it.
+    assert framing_for([objects_of_side(30, image_hw=(100, 120))], 200, (200, 128, 64))["first_click_side"] == 0
 
 
 def frames_of(generator: InferenceFrames, n: int = 200) -> list[np.ndarray]:

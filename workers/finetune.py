@@ -3,12 +3,14 @@ parent and candidate on the validation images with the NoC protocol, and put the
 
 Small objects (nuclei are about 19 px across) are where a domain differs most from the base data: the predictor's
 first click sees the whole image and its zoom-in crop is at least `zoom_min_side` px, both of which leave such an
-object a few network pixels wide. So the job also picks the framing for the domain: the zoom-in floor (the parent's,
-128 or 64 px) and whether a first click sees the whole image or a box of `first_click_sides` px around it, the
-combination with the lowest NoC@85 for the parent on a few training objects (never on validation ones). It trains on
-frames laid out as the predictor will then frame them (InferenceFrames) and stores the choice in the candidate's
-predictor settings. The gate compares what serves (the parent with its own settings) with what would serve (the
-candidate with its own).
+object a few network pixels wide, while the base model was trained on zoom-in frames that show an object at 1.3 to
+2.2 times its size. So the job frames the domain by the size of its training objects (`framing_for`): the largest
+zoom-in floor that the median object still spans a quarter of, and for objects under an eighth of their image a
+first click that sees a box of twice that floor around it instead of the whole image. It trains on frames laid out
+as the predictor will then frame them (InferenceFrames) and stores the framing in the candidate's predictor
+settings. The gate compares what serves (the parent with its own settings) with what would serve (the candidate
+with its own), so a framing that does not pay off is never promoted. (Choosing the framing by the parent's NoC
+instead picked the parent's own: a model not yet trained at the new scale does worse there before it learns it.)
 
 It knows nothing of the database or of promotion: the scheduler (orchestrator.scheduler) hands it a FinetuneSpec
 (images by URI with their masks as COCO RLE, already split) and decides from the metrics it returns.
@@ -61,9 +63,7 @@ class FinetuneSpec:
     min_area: int = 30  # pixels; nuclei are small (median about 280 px)
     eval_objects: int = 60  # validation objects at most (spread over the images), per version
     eval_clicks: int = 20
-    zoom_floors: tuple[int, ...] = (128, 64)  # zoom-in floors tried besides the parent's own
-    first_click_sides: tuple[int, ...] = (128,)  # first-click boxes tried besides the whole image (0)
-    choose_objects: int = 24  # training objects the framing is chosen on (10 clicks each)
+    zoom_floors: tuple[int, ...] = (200, 128, 64)  # zoom-in floors a domain may get, besides the parent's own
     seed: int = 0
     nice: int = 19
 
@@ -89,10 +89,8 @@ def finetune(spec: FinetuneSpec) -> dict:
         parent = _parent_path(spec.parent, store, Path(tmp))
         payload = load_checkpoint(parent)
         predictor = {**PredictorConfig().to_dict(), **(payload.get("predictor") or {})}
-        t0 = time.perf_counter()
-        framings = {}
-        predictor.update(choose_framing(parent, train_images, predictor, spec, framings))
-        seconds["choose_framing"] = time.perf_counter() - t0
+        framing = framing_for(train_images, predictor["zoom_min_side"], spec.zoom_floors)
+        predictor.update(zoom_min_side=framing["zoom_min_side"], first_click_side=framing["first_click_side"])
         cfg = TrainConfig(samples=spec.samples, batch_size=spec.batch_size, size=spec.size, lr=spec.lr,
                           warmup_samples=min(200, spec.samples // 10), data_workers=0, threads=1, seed=spec.seed,
                           checkpoint_every_s=1e9, net=payload["net"], predictor=predictor)
@@ -109,7 +107,7 @@ def finetune(spec: FinetuneSpec) -> dict:
         seconds["evaluate"] = time.perf_counter() - t0
         _strip_optimizer(out)
         store.put_file(spec.out_key, out)
-    return {"parent": old, "candidate": new, "train": state, "seconds": seconds, "framings": framings,
+    return {"parent": old, "candidate": new, "train": state, "seconds": seconds, "framing": framing,
             "objects": {"train": sum(len(im.objects) for im in train_images),
                         "val": sum(len(objs) for _, objs in chosen)}}
 
@@ -126,21 +124,20 @@ def validate(predictor, images: list[tuple[np.ndarray, list[np.ndarray]]], max_c
     return {k: None if isinstance(v, float) and v != v else v for k, v in result.summary().items()}
 
 
-def choose_framing(parent: Path, images: list[LoadedImage], current: dict, spec: FinetuneSpec,
-                   noc85: dict) -> dict:
-    """The predictor's framing settings ({"zoom_min_side", "first_click_side"}) giving the parent the lowest NoC@85
-    on a few training objects: the parent's own, or a zoom-in floor from spec.zoom_floors with a first click on the
-    whole image or in a box from spec.first_click_sides. Ties keep the parent's own, then larger boxes. `noc85`
-    receives each tried framing's figure under "floor/first" (first 0: the whole image)."""
-    chosen = _spread(images, spec.choose_objects)
-    own = (current["zoom_min_side"], current.get("first_click_side", 0))
-    tried = [own] + sorted({(f, s) for f in {own[0], *spec.zoom_floors} for s in {0, *spec.first_click_sides}}
-                           - {own}, key=lambda fs: (-fs[0], -fs[1]))
-    for floor, first in tried:
-        predictor = load_predictor(parent, zoom_min_side=floor, first_click_side=first)
-        noc85[f"{floor}/{first}"] = validate(predictor, chosen, 10, f"{floor}/{first}")["NoC@85"]
-    floor, first = min(tried, key=lambda fs: noc85[f"{fs[0]}/{fs[1]}"])  # min keeps the first of equals
-    return {"zoom_min_side": floor, "first_click_side": first}
+def framing_for(images: list[LoadedImage], own_floor: int, floors: tuple[int, ...]) -> dict:
+    """The predictor's framing for a domain, from the size of its objects (the longer side of each one's box):
+    the largest zoom-in floor (the parent's own or one of `floors`) that the median object spans at least a quarter
+    of, else the smallest; and a first-click box of twice that floor when the median object is under an eighth of
+    its image's longer side (0: the first click sees the whole image). Returns the settings with the medians."""
+    sides = np.array([max(o.box[2] - o.box[0], o.box[3] - o.box[1]) for im in images for o in im.objects], float)
+    fractions = [max(o.box[2] - o.box[0], o.box[3] - o.box[1]) / max(im.rgb.shape[:2])
+                 for im in images for o in im.objects]
+    median = float(np.median(sides))
+    fitting = [f for f in {own_floor, *floors} if 4 * median >= f]
+    floor = max(fitting) if fitting else min(own_floor, *floors)
+    fraction = float(np.median(fractions))
+    return {"zoom_min_side": int(floor), "first_click_side": int(2 * floor) if fraction < 1 / 8 else 0,
+            "median_object_px": median, "median_object_fraction": fraction}
 
 
 class InferenceFrames(SampleGenerator):
