@@ -145,9 +145,12 @@ def mask_score(prob: np.ndarray, mask: np.ndarray) -> float:
 class ClickModel:
     def __init__(self, checkpoint: str = "base", version: str = "base", store_url: str | None = None,
                  s3_endpoint_url: str | None = None):
+        import cv2
         import torch
 
+        # One thread each, as the replica asks Ray for one CPU: OpenCV's own pool would take the other cores.
         torch.set_num_threads(1)
+        cv2.setNumThreads(1)
         import ray
 
         # A replica placed with a GPU (orchestrator.placement) computes on it; Ray sets CUDA_VISIBLE_DEVICES to it.

@@ -1,5 +1,6 @@
-"""How a fine-tuning job frames a domain's objects: the framing it picks for the predictor from their size (zoom-in
-floor and first-click box) and the training frames laid out to match. Pure logic: no Ray, no database."""
+"""The fine-tuning job's own logic, without Ray or a database: how it frames a domain's objects (the zoom-in floor and
+first-click box it picks from their size, and training frames laid out to match) and how it keeps out of serving's
+way (its priority)."""
 from __future__ import annotations
 
 import numpy as np
@@ -70,3 +71,25 @@ def test_first_click_frames_show_the_object_in_a_box_of_the_chosen_side():
 def test_without_a_first_click_box_first_click_frames_are_the_whole_image():
     sides = [256 / m[1, 1] for m in frames_of(InferenceFrames([[small_objects_image()]], size=256, zoom_prob=0.0))]
     assert min(sides) >= 320 * 0.9 - 1e-6
+
+
+def test_the_job_lowers_only_its_own_priority():
+    """The job's priority drop (nice 19, idle class) applies to the thread that computes, as the job runs in a
+    Ray worker of its own; run here in a thread of the test process, it leaves the rest of the process alone."""
+    import os
+    import threading
+
+    from workers.finetune import lower_priority
+
+    seen = {}
+
+    def job():
+        lower_priority(19)
+        seen["policy"] = os.sched_getscheduler(0)
+        seen["nice"] = os.getpriority(os.PRIO_PROCESS, 0)
+
+    thread = threading.Thread(target=job)
+    thread.start()
+    thread.join()
+    assert seen == {"policy": os.SCHED_IDLE, "nice": 19}
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER
