@@ -7,8 +7,8 @@ has job slots (orchestrator.placement; one where it declares none). Each project
 runs one at a time, so with several projects waiting each gets its turn in the order it asked: a project that
 asks again while its job runs goes after the projects already waiting. A job:
   1. snapshots the project's submitted annotations and splits them by image (workers.finetune.split_by_image);
-  2. runs workers.finetune on Ray (one CPU, nice 19, never on a serving replica; in a job slot of the job group
-     where the cluster declares one, orchestrator.placement), beating while it waits;
+  2. runs workers.finetune on Ray (one CPU, nice 19 in the idle scheduling class, never on a serving replica; in a
+     job slot of the job group where the cluster declares one, orchestrator.placement), beating while it waits;
   3. records the candidate version (checkpoint key, parent, metrics of both) as promoted or rejected by `better`;
   4. records the job: state, timings, counts, split, metrics, decision, or the error that stopped it.
 Promotion is a registry update; serving picks it up within the ingress's cache time (orchestrator.registry).
