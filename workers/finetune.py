@@ -16,8 +16,8 @@ It knows nothing of the database or of promotion: the scheduler (orchestrator.sc
 (images by URI with their masks as COCO RLE, already split) and decides from the metrics it returns.
 
 It runs as a plain Ray task asking for one CPU, with one torch and one OpenCV thread and the lowest CPU priority
-(nice 19 and Linux's idle scheduling class), so the serving replicas beside it keep their latency; max_calls=1 gives the task a fresh worker process
-that exits after it (the niceness and the memory go with it).
+(nice 19 and Linux's idle scheduling class), so the serving replicas beside it keep their latency; max_calls=1 gives
+the task a fresh worker process that exits after it (the niceness and the memory go with it).
 """
 from __future__ import annotations
 

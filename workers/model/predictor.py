@@ -7,8 +7,8 @@
 
 The first click looks at the whole image resized to `long_side` (or, with `first_click_side`, at a box of that
 side around the click); from the second click on (zoom-in) the network looks at a box around the previous mask and
-the positive clicks. Flip averaging runs the network on the mirrored
-frame too and averages the two probability maps.
+the positive clicks. Flip averaging runs the network on the mirrored frame too and averages the two probability
+maps.
 """
 from __future__ import annotations
 
