@@ -10,16 +10,6 @@ from workers.finetune import InferenceFrames, framing_for
 from workers.model.data import LoadedImage, _object
 
 
-def small_objects_image(count: int = 3) -> LoadedImage:
-    rgb = np.zeros((240, 320, 3), np.uint8)
-    objects = []
-    for i in range(count):
-        mask = np.zeros((240, 320), bool)
-        mask[100:112, 40 + 80 * i:52 + 80 * i] = True
-        objects.append(_object(mask))
-    return LoadedImage(rgb, objects)
-
-
 def objects_of_side(side: int, image_hw=(240, 320), count: int = 5) -> LoadedImage:
     rgb = np.zeros(image_hw + (3,), np.uint8)
     objects = []
@@ -51,25 +41,27 @@ def test_the_median_object_decides_and_the_parents_floor_is_one_of_the_choices()
     assert framing_for([objects_of_side(30, image_hw=(100, 120))], 200, (200, 128, 64))["first_click_side"] == 0
 
 
-def frames_of(generator: InferenceFrames, n: int = 200) -> list[np.ndarray]:
+def frames_of(first_side: int, n: int = 200) -> list[np.ndarray]:
+    """Affine matrices of `n` first-click training frames (no zoom-in) of a 12 px object centred at (16, 16) in a
+    320 x 240 image."""
+    image = objects_of_side(12, count=1)
+    generator = InferenceFrames([[image]], size=256, first_side=first_side, zoom_prob=0.0)
     rng = np.random.default_rng(0)
-    image = small_objects_image(1)
     target = image.objects[0].paste(image.rgb.shape[:2])
     return [generator._frame(rng, target, image.rgb.shape[:2]) for _ in range(n)]
 
 
 def test_first_click_frames_show_the_object_in_a_box_of_the_chosen_side():
-    sides = [256 / m[1, 1] for m in frames_of(InferenceFrames([[small_objects_image()]], size=256, first_side=96,
-                                                             zoom_prob=0.0))]
+    frames = frames_of(first_side=96)
+    sides = [256 / m[1, 1] for m in frames]
     assert 96 * 0.9 - 1e-6 <= min(sides) and max(sides) <= 96 * 1.1 + 1e-6
-    # The object (centre 46, 106) is inside every frame.
-    for m in frames_of(InferenceFrames([[small_objects_image()]], size=256, first_side=96, zoom_prob=0.0)):
-        x, y = m @ np.array([46.0, 106.0, 1.0])
+    for m in frames:  # the object is inside every frame
+        x, y = m @ np.array([16.0, 16.0, 1.0])
         assert 0 <= x < 256 and 0 <= y < 256
 
 
 def test_without_a_first_click_box_first_click_frames_are_the_whole_image():
-    sides = [256 / m[1, 1] for m in frames_of(InferenceFrames([[small_objects_image()]], size=256, zoom_prob=0.0))]
+    sides = [256 / m[1, 1] for m in frames_of(first_side=0)]
     assert min(sides) >= 320 * 0.9 - 1e-6
 
 

@@ -146,13 +146,11 @@ def framing_for(images: list[LoadedImage], own_floor: int, floors: tuple[int, ..
     the largest zoom-in floor (the parent's own or one of `floors`) that the median object spans at least a quarter
     of, else the smallest; and a first-click box of twice that floor when the median object is under an eighth of
     its image's longer side (0: the first click sees the whole image). Returns the settings with the medians."""
-    sides = np.array([max(o.box[2] - o.box[0], o.box[3] - o.box[1]) for im in images for o in im.objects], float)
-    fractions = [max(o.box[2] - o.box[0], o.box[3] - o.box[1]) / max(im.rgb.shape[:2])
-                 for im in images for o in im.objects]
-    median = float(np.median(sides))
+    sides, image_sides = np.array([(max(o.box[2] - o.box[0], o.box[3] - o.box[1]), max(im.rgb.shape[:2]))
+                                   for im in images for o in im.objects], float).T
+    median, fraction = float(np.median(sides)), float(np.median(sides / image_sides))
     fitting = [f for f in {own_floor, *floors} if 4 * median >= f]
     floor = max(fitting) if fitting else min(own_floor, *floors)
-    fraction = float(np.median(fractions))
     return {"zoom_min_side": int(floor), "first_click_side": int(2 * floor) if fraction < 1 / 8 else 0,
             "median_object_px": median, "median_object_fraction": fraction}
 
