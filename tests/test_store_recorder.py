@@ -67,6 +67,25 @@ def test_clicks_and_masks_are_recorded(session_factory):
         assert (first.annotator, first.label, first.started_at) == ("ann@example.com", "Cat", T0)
 
 
+def test_clicks_arriving_one_by_one_share_transactions(session_factory):
+    """A transaction costs the serving process CPU whatever it holds: clicks coming one at a time, as an annotator
+    sends them, are gathered into a few batches (each waits at most linger_s), none lost."""
+    batches = []
+
+    class CountingRecorder(Recorder):
+        def _write(self, batch):
+            batches.append(len(batch))
+            super()._write(batch)
+
+    with CountingRecorder(session_factory, linger_s=1.0) as recorder:
+        for i in range(20):
+            assert recorder.record(click(i))
+            time.sleep(0.02)
+        assert recorder.flush(timeout=30)
+    assert sum(batches) == 20 and len(batches) <= 3, batches
+    assert count(session_factory, Click) == 20
+
+
 def test_clean_stop_writes_everything_still_queued(session_factory):
     recorder = Recorder(session_factory, queue_size=5000, batch_size=200).start()
     for i in range(2000):
