@@ -13,9 +13,15 @@
    transaction that wrote it: median, p95, max), the transaction time, the clicks left queued when the load
    stopped, the connections the database saw, and the disk the rows took per click.
 
+4. Writer CPU (--writer-cpu): the CPU time the writer thread spends per click when clicks come one at a time at an
+   annotator's pace (--pace per second, as one busy ingress sees them), with the writer sending each click as it
+   comes (linger 0) and letting a batch gather (the default linger), side by side, --rounds times. That thread
+   shares the ingress's GIL and cores with the request path.
+
 Both on a SQLite file and on a throwaway PostgreSQL database (CLICKMASK_TEST_POSTGRES_URL or the local default).
 Run: nice -n 10 .venv/bin/python tests/bench_recording.py
 Fleet: nice -n 10 .venv/bin/python tests/bench_recording.py --fleet --fleet-writers 1,2,4
+Writer CPU: .venv/bin/python tests/bench_recording.py --writer-cpu
 """
 from __future__ import annotations
 
@@ -98,6 +104,55 @@ def overhead(session_factory, clicks: int, rate: float, first: int, write: bool 
         status = recorder.stop()
         assert status.dropped == 0 and status.recorded == clicks, status
     return total, queue_only
+
+
+def writer_cpu(session_factory, clicks: int, pace: float, linger_s: float, first: int) -> tuple[float, int]:
+    """(writer CPU ms per click, transactions) for `clicks` clicks recorded one at a time, `pace` per second."""
+    rle = encode(blob_mask(first))
+    spent, transactions = [0.0], [0]
+
+    class MeteredRecorder(Recorder):
+        def _run(self):
+            t0 = time.thread_time()
+            try:
+                super()._run()
+            finally:
+                spent[0] = time.thread_time() - t0
+
+        def _write(self, batch):
+            transactions[0] += 1
+            super()._write(batch)
+
+    recorder = MeteredRecorder(session_factory, linger_s=linger_s).start()
+    next_at = time.perf_counter()
+    for i in range(first, first + clicks):
+        recorder.record(make_click(i, rle))
+        next_at += 1.0 / pace
+        time.sleep(max(0.0, next_at - time.perf_counter()))
+    status = recorder.stop()
+    assert status.dropped == 0 and status.recorded == clicks, status
+    return 1000 * spent[0] / clicks, transactions[0]
+
+
+def run_writer_cpu(name: str, url: str, args) -> None:
+    command.upgrade(alembic_config(url), "head")
+    engine = make_engine(url)
+    try:
+        factory = make_session_factory(engine)
+        pooled: dict[float, list[float]] = {0.0: [], Recorder(factory).linger_s: []}
+        for round_ in range(1, args.rounds + 1):
+            for linger in pooled:
+                ms, transactions = writer_cpu(factory, args.pace_clicks, args.pace, linger,
+                                              first=(round_ * 10 + int(linger * 100)) * 10**5)
+                pooled[linger].append(ms)
+                print(f"{name:10s} round {round_}, linger {linger:g} s: {args.pace_clicks} clicks at "
+                      f"{args.pace:g}/s in {transactions} transactions, writer CPU {ms:.2f} ms per click", flush=True)
+        for linger, values in pooled.items():
+            print(f"{name:10s} linger {linger:g} s: writer CPU per click, median of {len(values)} rounds "
+                  f"{statistics.median(values):.2f} ms (rounds: {', '.join(f'{v:.2f}' for v in values)})",
+                  flush=True)
+    finally:
+        engine.dispose()
 
 
 def summary(values: list[float]) -> str:
@@ -272,20 +327,24 @@ def main() -> int:
     parser.add_argument("--fleet-seconds", type=float, default=30.0)
     parser.add_argument("--pool-size", type=int, default=5, help="connection pool per writer (SQLAlchemy's default)")
     parser.add_argument("--max-overflow", type=int, default=10)
+    parser.add_argument("--writer-cpu", action="store_true", help="only the writer's CPU per click, by linger")
+    parser.add_argument("--pace", type=float, default=20.0, help="clicks per second for --writer-cpu")
+    parser.add_argument("--pace-clicks", type=int, default=200, help="clicks per --writer-cpu round")
     args = parser.parse_args()
     print(f"clickmask recording benchmark, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, "
           f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs", flush=True)
     if args.fleet:
         run_fleet(args)
         return 0
+    run = run_writer_cpu if args.writer_cpu else run_on
     for name in args.databases.split(","):
         if name == "sqlite":
             with tempfile.TemporaryDirectory() as tmp:
-                run_on(name, f"sqlite:///{Path(tmp) / 'bench.db'}", args)
+                run(name, f"sqlite:///{Path(tmp) / 'bench.db'}", args)
         elif name == "postgresql":
             url = create_database(postgres_server_url(), prefix=f"clickmask_bench_{uuid.uuid4().hex[:4]}")
             try:
-                run_on(name, url.render_as_string(hide_password=False), args)
+                run(name, url.render_as_string(hide_password=False), args)
             finally:
                 drop_database(url)
         else:
