@@ -11,11 +11,7 @@ STARTUP_ATTEMPTS = 3
 WORKER_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE",
               # Serve gives a starting HTTP proxy 3 checks of 5 s, then kills it and starts another; on a small
               # machine busy with training that loop can go on forever. 30 s per check costs nothing when idle.
-              "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "30",
-              # User code and handle routing on each replica's own event loop rather than a thread of their own:
-              # one GIL handover fewer per hop. Measured side by side on 2 cores (README, "Benchmarks"): p50 7 % and
-              # p95 11 % lower. Our deployments never block their loop (blocking work goes to threads).
-              "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"}
+              "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "30"}
 
 
 def start_ray(address: str | None = None, num_cpus: int | None = None, temp_dir: str | None = None) -> None:

@@ -71,7 +71,7 @@ class ClickRecord:
 class RecorderStatus:
     healthy: bool  # False after a failed write, until a write succeeds
     running: bool
-    queued: int
+    queued: int  # waiting to be written: in the queue or in the batch the writer holds
     recorded: int
     dropped: int
     last_error: str | None
@@ -125,8 +125,13 @@ class Recorder:
 
     def status(self) -> RecorderStatus:
         with self.lock:
-            return RecorderStatus(self.healthy, bool(self.thread and self.thread.is_alive()), self.queue.qsize(),
+            return RecorderStatus(self.healthy, bool(self.thread and self.thread.is_alive()), self.waiting(),
                                   self.recorded, self.dropped, self.last_error)
+
+    def waiting(self) -> int:
+        """Clicks taken but not yet written or dropped (a click leaves the count when its batch is done with)."""
+        with self.queue.mutex:
+            return self.queue.unfinished_tasks
 
     def flush(self, timeout: float = 30.0) -> bool:
         """Wait until every click queued so far is written or dropped; False on timeout."""

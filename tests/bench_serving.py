@@ -21,10 +21,6 @@ For every run: clicks/s (answered clicks over the run's wall time), p50 and p95 
 without each image's first click), and errors (transport errors, non-200 answers, answers without one brush mask).
 Bars (the serving issue): backend p95 <= 80 ms per click, >= 15 clicks/s with 8 annotators, zero errors.
 
-3. With --compare-loops N, only this: N rounds of the direct latency run, each round once with Ray Serve's own
-   defaults (user code and handle routing each in a thread of their own) and once with ours (everything of a
-   replica on its event loop; orchestrator/ray_runtime.py), Ray restarted between them, side by side in one run.
-
 Run on an idle machine, from the repository root (5 minutes on this 2-core machine while busy: 1.5 placing the
 clicks, 1 starting Label Studio, 2.5 of runs; less when idle; a first Label Studio install adds about 2):
     .venv/bin/python tests/bench_serving.py --json bench_serving.json
@@ -244,19 +240,13 @@ def deploy(replicas: int, images, db_url: str | None) -> None:
                                     database_url=db_url)), name=APP, route_prefix="/")
 
 
-SERVE_DEFAULT_LOOPS = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "1", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "1"}
-
-
-def start_serving(env: dict | None = None) -> str:
-    """A local Ray (its own temp folder) and Serve's HTTP proxy on a free loopback port; the /predict URL. `env`
-    overrides our Ray workers' environment (orchestrator.ray_runtime.WORKER_ENV) for this Ray."""
+def start_serving() -> str:
+    """A local Ray (its own temp folder) and Serve's HTTP proxy on a free loopback port; the /predict URL."""
     from ray import serve
 
-    from orchestrator import ray_runtime
+    from orchestrator.ray_runtime import start_ray
 
-    for name, value in {**ray_runtime.WORKER_ENV, **(env or {})}.items():
-        os.environ[name] = value  # the local raylet, and so every Ray process, inherits these
-    ray_runtime.start_ray(temp_dir=tempfile.mkdtemp(prefix="cm-ray-bench-"))
+    start_ray(temp_dir=tempfile.mkdtemp(prefix="cm-ray-bench-"))
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     return f"http://127.0.0.1:{port}/predict"
@@ -308,37 +298,6 @@ def verdicts(rows: list[dict]) -> dict:
     return out
 
 
-def direct_latency(name: str, predict_url: str, image_url, scripts: list[ObjectScript], timeout: float) -> Run:
-    run = Run(name)
-    run.started, run.load_before = datetime.now(timezone.utc).isoformat(timespec="seconds"), os.getloadavg()
-    t0 = time.perf_counter()
-    annotate_direct(run, threading.Lock(), predict_url, image_url, scripts, name, 10**9, float("inf"), timeout)
-    run.wall_s, run.load_after = time.perf_counter() - t0, os.getloadavg()
-    return run
-
-
-def compare_loops(args, settings, db_url, image_url, warm: ObjectScript, take) -> list[dict]:
-    """Rounds of (Serve's default loops, ours), each on a fresh Ray with new images; one row per configuration
-    with every round's clicks pooled."""
-    pooled = {name: Run(name) for name in ("latency direct, Serve's default loops", "latency direct, ours")}
-    for round_ in range(args.compare_loops):
-        for (name, run), env in zip(pooled.items(), (SERVE_DEFAULT_LOOPS, {})):
-            predict_url = start_serving(env)
-            try:
-                deploy(1, settings, db_url)
-                warm_up(predict_url, image_url, warm, args.timeout, 1)
-                one = direct_latency(name, predict_url, image_url, take(args.latency_images), args.timeout)
-            finally:
-                stop_serving()
-            print(f"round {round_ + 1}: {name}: p50 {np.percentile(one.latencies_ms, 50):.1f} ms, "
-                  f"p95 {np.percentile(one.latencies_ms, 95):.1f} ms", flush=True)
-            run.latencies_ms += one.latencies_ms
-            run.later_ms += one.later_ms
-            run.errors += one.errors
-            run.wall_s += one.wall_s
-    return [run.summary() for run in pooled.values()]
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, default=DAVIS, help="dataset folder (default: shared davis345)")
@@ -351,22 +310,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=30.0, help="per request, seconds")
     p.add_argument("--no-label-studio", action="store_true", help="skip the latency run through Label Studio")
     p.add_argument("--no-db", action="store_true", help="do not record clicks (default: a SQLite file)")
-    p.add_argument("--compare-loops", type=int, default=0, metavar="ROUNDS",
-                   help="only compare Ray Serve's default loops with ours, side by side, this many rounds")
     p.add_argument("--json", type=Path, help="write the figures here")
     args = p.parse_args(argv)
-    if args.compare_loops:
-        args.no_label_studio, annotator_counts, replica_counts = True, [], [1]
-    else:
-        annotator_counts = [int(a) for a in args.annotators.split(",") if a]
-        replica_counts = [int(r) for r in args.replicas.split(",") if r]
+    annotator_counts = [int(a) for a in args.annotators.split(",") if a]
+    replica_counts = [int(r) for r in args.replicas.split(",") if r]
 
     from workers.model.datasets import scan
 
     entries = [e for e in scan(args.data) if e.mask_paths]
     objects_per_annotator = -(-args.throughput_clicks // args.clicks)
-    plan = {"latency direct": args.latency_images * max(1, 2 * args.compare_loops),
-            "latency via Label Studio": 0 if args.no_label_studio else args.latency_images}
+    plan = {"latency direct": args.latency_images, "latency via Label Studio": 0 if args.no_label_studio else
+            args.latency_images}
     for r in replica_counts:
         for a in annotator_counts:
             plan[f"throughput r{r} a{a}"] = a * objects_per_annotator
@@ -411,24 +365,23 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  healthy after {studio.startup_s:.0f} s", flush=True)
         settings = ImageSettings(allowed_hosts=(images.host,), label_studio_url=studio.url if studio else None,
                                  label_studio_api_key=studio.pat if studio else None)
+        predict_url = start_serving()
 
         def image_url(script: ObjectScript) -> str:
             return images.url(script.name)
-
-        if args.compare_loops:
-            rows = compare_loops(args, settings, db_url, image_url, warm, take)
-            replica_counts = []
-        else:
-            predict_url = start_serving()
 
         for replicas in replica_counts:
             print(f"deploying the backend with {replicas} replica(s) ...", flush=True)
             deploy(replicas, settings, db_url)
             warm_up(predict_url, image_url, warm, args.timeout, replicas)
             if replicas == replica_counts[0]:
-                run = direct_latency("latency direct", predict_url, image_url, take(args.latency_images),
-                                     args.timeout)
-                run.replicas = replicas
+                run = Run("latency direct", replicas=replicas)
+                run.started, run.load_before = datetime.now(timezone.utc).isoformat(timespec="seconds"), \
+                    os.getloadavg()
+                lock, t_start = threading.Lock(), time.perf_counter()
+                annotate_direct(run, lock, predict_url, image_url, take(args.latency_images), "lat", 10**9,
+                                float("inf"), args.timeout)
+                run.wall_s, run.load_after = time.perf_counter() - t_start, os.getloadavg()
                 rows.append(run.summary())
                 print_table(rows[-1:])
                 if studio is not None:
@@ -459,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(f"started {meta['started_utc']}, load average at start {meta['loadavg_at_start']}, {meta['cpus']} CPUs")
     print_table(rows)
-    checks = {} if args.compare_loops else verdicts(rows)
+    checks = verdicts(rows)
     print("bars:", ", ".join(f"{k}: {'PASS' if ok else 'FAIL'}" for k, ok in checks.items()))
     if args.json:
         args.json.write_text(json.dumps({"meta": meta, "runs": rows, "bars_met": checks}, indent=2))
