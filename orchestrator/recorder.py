@@ -5,11 +5,11 @@ the database. A writer thread takes what has queued up and writes it in one shor
 batch gather for up to `linger_s` after its first click: the writer runs in the serving process, on its cores and
 under the GIL its request path needs, and a transaction per click costs it three times the CPU (at 20 clicks a
 second, 2.3 against 0.8 ms per click on SQLite, 3.4 against 1.0 on PostgreSQL: tests/bench_recording.py
---writer-cpu). A clean `stop()` writes everything still queued. When the database is down, the writer keeps the batch and
-tries again, less and less often (every `MAX_RETRY_DELAY_S` at most), until the database is back, so an outage loses
-no queued click; meanwhile new clicks queue up to the bound, and when the queue is full they are dropped at once. A
-stopping recorder gives a batch `attempts` tries at most. Every drop is counted, logged, and shown by `status()`, so
-an outage is visible without making an annotator wait.
+--writer-cpu). A clean `stop()` writes everything still queued. When the database is down, the writer keeps the
+batch and tries again, less and less often (every `MAX_RETRY_DELAY_S` at most), until the database is back, so an
+outage loses no queued click; meanwhile new clicks queue up to the bound, and when the queue is full they are
+dropped at once. A stopping recorder gives a batch `attempts` tries at most. Every drop is counted, logged, and
+shown by `status()`, so an outage is visible without making an annotator wait.
 """
 from __future__ import annotations
 

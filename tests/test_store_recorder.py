@@ -68,8 +68,8 @@ def test_clicks_and_masks_are_recorded(session_factory):
 
 
 def test_clicks_arriving_one_by_one_share_transactions(session_factory):
-    """A transaction costs the serving process CPU whatever it holds: clicks coming one at a time, as an annotator
-    sends them, are gathered into a few batches (each waits at most linger_s), none lost."""
+    """Each transaction costs the serving process CPU: clicks coming one at a time, as annotators send them, are
+    gathered into a few batches (each waits at most linger_s), none lost."""
     batches = []
 
     class CountingRecorder(Recorder):
@@ -161,6 +161,8 @@ def test_database_outage_is_a_counted_logged_drop_not_a_blocked_caller(unreachab
     # Not a benchmark: a caller that waited for the database even once would take seconds here.
     assert elapsed < 1.0, f"100 record() calls took {elapsed:.2f} s"
     assert accepted.count(False) >= 80
+    # Every accepted click still waits, whether in the queue or in the batch the writer keeps retrying.
+    assert recorder.status().queued == accepted.count(True)
     status = recorder.stop(timeout=30)
     assert (status.recorded, status.dropped, status.healthy) == (0, 100, False)
     assert status.last_error.startswith("database unavailable")
