@@ -1,12 +1,13 @@
 """Training clicks, the loss, a tiny training run, checkpoints."""
 import numpy as np
+import pytest
 import torch
 
 from model_support import disk_scene
 from workers.model.checkpoint import build_net, load_checkpoint, save_checkpoint
 from workers.model.data import LoadedImage, SampleGenerator, _object
 from workers.model.loss import normalized_focal_loss
-from workers.model.network import ClickSegNet, NetConfig
+from workers.model.network import ClickSegNet, NetConfig, deepen
 from workers.model.sampler import corrective_click, initial_clicks
 from workers.model.train import TrainConfig, train, train_step
 
@@ -66,6 +67,32 @@ def test_a_tiny_training_run_lowers_the_loss():
     assert np.mean(losses[-10:]) < 0.75 * np.mean(losses[:10])
 
 
+def test_a_deepened_net_computes_what_the_original_did_and_then_trains_its_new_blocks():
+    torch.manual_seed(0)
+    net = ClickSegNet(SMALL)
+    for module in net.modules():  # BatchNorm statistics away from their defaults, as after training
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.2, 0.2)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.uniform_(0.5, 1.5)
+    grown = deepen(net, (1, 2, 1, 3))
+    assert grown.config.blocks == (1, 2, 1, 3) and len(grown.stages[3]) == 1 + 3
+    image, guidance = torch.randn(2, 3, 64, 64), torch.rand(2, 4, 64, 64)
+    net.eval(), grown.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(grown(image, guidance), net(image, guidance))
+    new_block = grown.stages[3][3]
+    assert float(new_block.bn2.weight.abs().sum()) == 0.0
+    grown.train()
+    target = (torch.rand(2, 1, 64, 64) > 0.5).float()
+    normalized_focal_loss(grown(image, guidance), target).backward()
+    assert new_block.bn2.weight.grad is not None and float(new_block.bn2.weight.grad.abs().sum()) > 0
+    with pytest.raises(ValueError, match="must extend"):
+        deepen(net, (1, 1, 1))
+    with pytest.raises(ValueError, match="must extend"):
+        deepen(grown, (1, 1, 1, 1))
+
+
 def test_training_writes_a_resumable_checkpoint(tmp_path):
     gen = _generator()
     cfg = TrainConfig(samples=32, batch_size=8, size=64, data_workers=0, net=SMALL.to_dict(), bf16=False)
@@ -116,3 +143,9 @@ def test_train_command_writes_config_train_state_and_holdout_metrics(tmp_path):
     assert holdout["objects"] == 1 and 1 <= holdout["NoC@85"] <= 10
     assert main(args[:-1] + ["--resume", "--samples", "24"]) == 0
     assert load_checkpoint(out)["train"]["samples_seen"] == 24
+    deeper = tmp_path / "deeper.pt"
+    assert main(["train", "--data", str(tmp_path / "data"), "--out", str(deeper), "--init", str(out),
+                 "--deepen", "1,2,3,2", "--samples", "8", "--size", "64", "--validate-images", "0",
+                 "--workers", "0", "--no-bf16"]) == 0
+    payload = load_checkpoint(deeper)
+    assert tuple(payload["net"]["blocks"]) == (1, 2, 3, 2) and payload["train"]["samples_seen"] == 8

@@ -29,6 +29,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--validate-images", type=int, default=5,
                    help="at each checkpoint, NoC on this many held-out images per folder, stored in the "
                         "checkpoint's metrics (0: no validation)")
+    p.add_argument("--deepen", metavar="N,N,N,N",
+                   help="with --init: grow the net to this many residual blocks per stage, the new ones starting "
+                        "as the identity (e.g. 1,2,4,3)")
     p.add_argument("--no-bf16", action="store_true", help="train in float32")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(handler=run)
@@ -110,7 +113,8 @@ def run(args: argparse.Namespace) -> int:
         folders.append(images)
     cfg = TrainConfig(samples=args.samples, batch_size=args.batch_size, lr=args.lr, size=args.size,
                       threads=args.threads, data_workers=args.workers, seed=args.seed,
-                      checkpoint_every_s=args.checkpoint_every, bf16=not args.no_bf16)
+                      checkpoint_every_s=args.checkpoint_every, bf16=not args.no_bf16,
+                      deepen_to=tuple(int(b) for b in args.deepen.split(",")) if args.deepen else None)
     init = args.out if args.resume else args.init
     validate = None
     if args.validate_images and args.holdout_every:

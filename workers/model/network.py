@@ -117,3 +117,22 @@ def fuse_for_inference(net: ClickSegNet) -> ClickSegNet:
             module.conv2 = fuse_conv_bn_eval(module.conv2, module.bn2)
             module.bn2 = nn.Identity()
     return net
+
+
+def deepen(net: ClickSegNet, blocks: tuple[int, ...]) -> ClickSegNet:
+    """A deeper net computing exactly what `net` computes: `blocks` residual blocks per stage (at least as many as
+    `net` has), the extra ones appended to their stage with their last BatchNorm's scale and shift at zero, so each
+    starts as the identity on its (non-negative, post-ReLU) input. Training goes on from there with more capacity
+    and nothing already learned lost."""
+    old = net.config.blocks
+    if len(blocks) != len(old) or any(b < o for b, o in zip(blocks, old)):
+        raise ValueError(f"blocks {tuple(blocks)} must extend {old} stage by stage")
+    grown = ClickSegNet(NetConfig.from_dict({**net.config.to_dict(), "blocks": tuple(blocks)}))
+    missing, unexpected = grown.load_state_dict(net.state_dict(), strict=False)
+    if unexpected:
+        raise ValueError(f"weights that the deeper net has no place for: {unexpected[:3]}")
+    for stage, (b, o) in zip(grown.stages, zip(blocks, old)):
+        for block in list(stage)[1 + o:1 + b]:  # [downsampling conv, block 1, ..., block b]
+            nn.init.zeros_(block.bn2.weight)
+            nn.init.zeros_(block.bn2.bias)
+    return grown

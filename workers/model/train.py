@@ -21,7 +21,7 @@ from .checkpoint import build_net, load_checkpoint, save_checkpoint
 from .data import Sample, SampleGenerator
 from .guidance import colour_bins, guidance_maps
 from .loss import normalized_focal_loss
-from .network import ClickSegNet, NetConfig
+from .network import ClickSegNet, NetConfig, deepen
 from .predictor import PredictorConfig, to_tensors
 from .sampler import corrective_click
 
@@ -41,6 +41,7 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every_s: float = 300.0
     net: dict = field(default_factory=lambda: NetConfig().to_dict())
+    deepen_to: tuple[int, ...] | None = None  # with init: residual blocks per stage to grow the net to (network.deepen)
     predictor: dict = field(default_factory=lambda: PredictorConfig().to_dict())
 
 
@@ -114,6 +115,10 @@ def train(
     out = Path(out)
     payload = load_checkpoint(init) if init else None
     net = build_net(payload) if payload else ClickSegNet(NetConfig.from_dict(cfg.net))
+    if cfg.deepen_to and tuple(cfg.deepen_to) != net.config.blocks:
+        if payload and resume:
+            raise ValueError("deepen a net when starting from its weights (init), not when resuming a schedule")
+        net = deepen(net, tuple(cfg.deepen_to))
     net = net.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     state = {"samples_seen": 0, "wall_time_s": 0.0, "steps": 0}
