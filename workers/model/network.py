@@ -128,7 +128,7 @@ def deepen(net: ClickSegNet, blocks: tuple[int, ...]) -> ClickSegNet:
     if len(blocks) != len(old) or any(b < o for b, o in zip(blocks, old)):
         raise ValueError(f"blocks {tuple(blocks)} must extend {old} stage by stage")
     grown = ClickSegNet(NetConfig.from_dict({**net.config.to_dict(), "blocks": tuple(blocks)}))
-    missing, unexpected = grown.load_state_dict(net.state_dict(), strict=False)
+    _, unexpected = grown.load_state_dict(net.state_dict(), strict=False)  # the new blocks are the missing keys
     if unexpected:
         raise ValueError(f"weights that the deeper net has no place for: {unexpected[:3]}")
     for stage, (b, o) in zip(grown.stages, zip(blocks, old)):
