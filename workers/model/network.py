@@ -131,7 +131,7 @@ def deepen(net: ClickSegNet, blocks: tuple[int, ...]) -> ClickSegNet:
     _, unexpected = grown.load_state_dict(net.state_dict(), strict=False)  # the new blocks are the missing keys
     if unexpected:
         raise ValueError(f"weights that the deeper net has no place for: {unexpected[:3]}")
-    for stage, (b, o) in zip(grown.stages, zip(blocks, old)):
+    for stage, b, o in zip(grown.stages, blocks, old):
         for block in list(stage)[1 + o:1 + b]:  # [downsampling conv, block 1, ..., block b]
             nn.init.zeros_(block.bn2.weight)
             nn.init.zeros_(block.bn2.bias)
