@@ -149,3 +149,5 @@ def test_train_command_writes_config_train_state_and_holdout_metrics(tmp_path):
                  "--workers", "0", "--no-bf16"]) == 0
     payload = load_checkpoint(deeper)
     assert tuple(payload["net"]["blocks"]) == (1, 2, 3, 2) and payload["train"]["samples_seen"] == 8
+    with pytest.raises(SystemExit):  # argparse's usage error, before any data is loaded
+        main(["train", "--data", str(tmp_path / "data"), "--out", str(deeper), "--deepen", "1,x,3,2"])

@@ -5,6 +5,17 @@ import argparse
 from pathlib import Path
 
 
+def block_counts(text: str) -> tuple[int, ...]:
+    """'1,2,4,3' -> (1, 2, 4, 3), for --deepen."""
+    try:
+        counts = tuple(int(b) for b in text.split(","))
+    except ValueError:
+        counts = ()
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive block counts such as 1,2,4,3, got {text!r}")
+    return counts
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train the click model (from scratch, or from a checkpoint)",
                        description="Train on dataset folders in the shared layout (images/, masks/). Writes the "
@@ -29,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--validate-images", type=int, default=5,
                    help="at each checkpoint, NoC on this many held-out images per folder, stored in the "
                         "checkpoint's metrics (0: no validation)")
-    p.add_argument("--deepen", metavar="N,N,N,N",
+    p.add_argument("--deepen", metavar="N,N,N,N", type=block_counts,
                    help="with --init: grow the net to this many residual blocks per stage, the new ones starting "
                         "as the identity (e.g. 1,2,4,3)")
     p.add_argument("--no-bf16", action="store_true", help="train in float32")
@@ -114,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = TrainConfig(samples=args.samples, batch_size=args.batch_size, lr=args.lr, size=args.size,
                       threads=args.threads, data_workers=args.workers, seed=args.seed,
                       checkpoint_every_s=args.checkpoint_every, bf16=not args.no_bf16,
-                      deepen_to=tuple(int(b) for b in args.deepen.split(",")) if args.deepen else None)
+                      deepen_to=args.deepen)
     init = args.out if args.resume else args.init
     validate = None
     if args.validate_images and args.holdout_every:
