@@ -2,14 +2,18 @@
 numpy, opencv and Django, so never into the project's), started on a free loopback port with a throwaway data
 directory, and driven through its HTTP API the way its UI drives it.
 
-The install lives outside the checkout, in $CLICKMASK_LS_CACHE or ~/.cache/clickmask/label-studio-<version>, and is
-reused when its marker file exists (written only after a successful install). See PROTOCOL.md in shared/ for the
+The install lives outside the checkout, in $CLICKMASK_LS_CACHE or ~/.cache/clickmask/label-studio-<version>-<lock hash>,
+and is reused when its marker file exists (written only after a successful install). It takes the exact versions of
+label-studio.lock beside this file, so a change to the lock is a new install; `bash tests/run --refresh-pins` sets
+CLICKMASK_LS_UNLOCKED=1 to resolve the newest versions that label-studio.in allows instead. See PROTOCOL.md in shared/ for the
 measured behaviour this follows (environment variables, token exchange, interactive-annotating).
 """
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -21,16 +25,28 @@ from pathlib import Path
 
 import requests
 
-LS_VERSION = "1.23.2"
 INSTALL_TIMEOUT = 900
 START_TIMEOUT = 420  # first start runs the migrations: about 35 s idle, 2 min seen on a busy 2-core machine
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
+REQUIREMENTS = Path(__file__).with_name("label-studio.in")
+LOCK = Path(__file__).with_name("label-studio.lock")
+LS_VERSION = re.search(r"^label-studio==(\S+)", REQUIREMENTS.read_text(), re.MULTILINE).group(1)
+
+
+def _unlocked() -> bool:
+    return os.environ.get("CLICKMASK_LS_UNLOCKED", "") not in ("", "0")
+
+
+def pip_arguments() -> list[str]:
+    """What pip installs: label-studio.in, held to label-studio.lock unless the pins are being refreshed."""
+    return ["-r", str(REQUIREMENTS)] + ([] if _unlocked() else ["-c", str(LOCK)])
 
 
 def install_dir() -> Path:
     root = Path(os.environ.get("CLICKMASK_LS_CACHE") or Path.home() / ".cache" / "clickmask")
-    return root / f"label-studio-{LS_VERSION}"
+    pins = REQUIREMENTS.read_bytes() + (b"unlocked" if _unlocked() else LOCK.read_bytes())
+    return root / f"label-studio-{LS_VERSION}-{hashlib.sha256(pins).hexdigest()[:10]}"
 
 
 @contextmanager
@@ -59,12 +75,13 @@ def ensure_installed() -> Path:
         log = venv.parent / f"{venv.name}.install.log"
         with open(log, "w") as out:
             result = subprocess.run(
-                [str(venv / "bin" / "pip"), "install", "-q", f"label-studio=={LS_VERSION}"],
+                [str(venv / "bin" / "pip"), "install", "-q", *pip_arguments()],
                 stdout=out, stderr=subprocess.STDOUT, timeout=INSTALL_TIMEOUT,
             )
         if result.returncode != 0 or not executable.is_file():
             raise RuntimeError(f"installing label-studio=={LS_VERSION} failed; see {log}:\n{_tail(log)}")
-        marker.write_text(f"label-studio=={LS_VERSION} installed in {time.monotonic() - started:.0f} s\n")
+        marker.write_text(f"label-studio=={LS_VERSION} ({' '.join(pip_arguments())}) installed in "
+                          f"{time.monotonic() - started:.0f} s\n")
         return executable
 
 

@@ -264,12 +264,17 @@ def test_wrong_or_missing_basic_auth_is_401_on_every_endpoint(hostile, ls_reques
     headers = [{}, {"Authorization": basic(f"{USER}:wrong")}, {"Authorization": basic(f"intruder:{PASSWORD}")},
                {"Authorization": basic(f"{USER}:{PASSWORD.upper()}")}, {"Authorization": basic(PASSWORD)},
                {"Authorization": "Basic !!!not-base64!!!"}, {"Authorization": f"Bearer {PASSWORD}"},
-               {"Authorization": basic(f"{USER}:{PASSWORD}") + " "}, {"Authorization": "Basic " + "A" * 6000}]
+               {"Authorization": basic(f"{USER}:{PASSWORD} ")}, {"Authorization": basic(f" {USER}:{PASSWORD}")},
+               {"Authorization": basic(f"{USER}:{PASSWORD}")[:-2]}, {"Authorization": "Basic " + "A" * 6000},
+               {"Authorization": "Basic"}, {"Authorization": basic(f"{USER}:{PASSWORD}") + " x"}]
     body = click_body(ls_request, hostile["images"].url + "/disk.png")
     for header in headers:
         response = post(hostile, path, auth=None, json=body, headers=header)
         assert response.status_code == 401, (header, response.text[:200])
         assert response.json() == {"errors": ["authentication required"]}
+    # Whitespace around the field value is optional in HTTP, not part of the credentials.
+    padded = {"Authorization": basic(f"{USER}:{PASSWORD}") + " \t"}
+    assert post(hostile, path, auth=None, json=body, headers=padded).status_code != 401
     for method, open_path in (("GET", "/versions"), ("GET", "/metrics")):
         response = requests.request(method, hostile["url"] + open_path, timeout=30)
         answers.append(response.text)

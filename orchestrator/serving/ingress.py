@@ -122,7 +122,8 @@ class Backend:
             return None
         user, password = self.options.basic_auth
         expected = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
-        given = request.headers.get("authorization", "")
+        # Spaces and tabs around a field value are optional whitespace in HTTP (RFC 9110 5.5), not part of it.
+        given = request.headers.get("authorization", "").strip(" \t")
         if hmac.compare_digest(given.encode(), expected.encode()):
             return None
         return JSONResponse({"errors": ["authentication required"]}, status_code=401,
