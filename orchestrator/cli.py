@@ -24,27 +24,35 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from orchestrator.settings import SettingsError
-
     args = build_parser().parse_args(argv)
     try:
         return int(args.handler(args) or 0)
-    except SettingsError as exc:  # a CLICKMASK_* variable that cannot be used: say which, no stack trace
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:  # a database that is down or unmigrated, in a command that does not say so itself
+    except Exception as exc:
+        return _explained(exc)
+
+
+def _explained(exc: Exception) -> int:
+    """The exit code for a failure that needs no stack trace: a CLICKMASK_* variable that cannot be used, or a
+    database that is down or unmigrated in a command that does not say so itself; anything else is raised again.
+    Imported here, not above, so that `train` and `evaluate` run where only the model's packages are installed."""
+    try:
         from sqlalchemy.exc import SQLAlchemyError
 
-        if not isinstance(exc, SQLAlchemyError):
-            raise
+        from orchestrator.settings import Settings, SettingsError
+    except ModuleNotFoundError:  # only the model's packages are installed: none of these failures can happen
+        raise exc from None
+    if isinstance(exc, SettingsError):
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if isinstance(exc, SQLAlchemyError):
         from orchestrator.commands.export import database_problem
-        from orchestrator.settings import Settings
 
         print(f"error: {database_problem(exc, Settings.from_env().database_url_safe)}", file=sys.stderr)
         return 1
+    raise exc
 
 
 if __name__ == "__main__":

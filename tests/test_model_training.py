@@ -9,7 +9,7 @@ from workers.model.data import LoadedImage, SampleGenerator, _object
 from workers.model.loss import normalized_focal_loss
 from workers.model.network import ClickSegNet, NetConfig, deepen
 from workers.model.sampler import corrective_click, initial_clicks
-from workers.model.train import TrainConfig, train, train_step
+from workers.model.train import TrainConfig, lineage_totals, train, train_step
 
 SMALL = NetConfig(widths=(8, 16, 16, 24, 24), blocks=(1, 1, 1, 1), decoder_width=16)
 
@@ -106,6 +106,58 @@ def test_training_writes_a_resumable_checkpoint(tmp_path):
     assert state["samples_seen"] == 48 and state["steps"] == 6
 
 
+def test_first_click_batches_train_on_one_positive_click_and_nothing_else():
+    gen = _generator()
+    net = ClickSegNet(SMALL).to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
+
+    def clicks_after_steps(share: float) -> list[list]:
+        rng = np.random.default_rng(1)
+        cfg = TrainConfig(batch_size=4, size=64, bf16=False, max_corrective_clicks=3, first_click_share=share)
+        batches = [[gen.sample(rng) for _ in range(4)] for _ in range(6)]
+        for batch in batches:
+            train_step(net, opt, batch, rng, cfg)
+        return [s.clicks for batch in batches for s in batch]
+
+    assert all(len(c) == 1 and c[0].positive for c in clicks_after_steps(1.0))
+    assert max(len(c) for c in clicks_after_steps(0.0)) > 1  # random initial and corrective clicks otherwise
+
+
+def test_a_run_started_from_another_counts_its_training_in_the_lineage(tmp_path):
+    gen = _generator()
+    cfg = TrainConfig(samples=32, batch_size=8, size=64, data_workers=0, net=SMALL.to_dict(), bf16=False,
+                      lr=2e-3, data={"disks": 1.0})
+    first = train(gen, tmp_path / "a.pt", cfg, progress=False)
+    assert first["lineage"] == []
+    cfg.samples, cfg.lr = 16, 1e-3
+    second = train(gen, tmp_path / "b.pt", cfg, init=tmp_path / "a.pt", progress=False)
+    (earlier,) = second["lineage"]
+    assert earlier["samples"] == 32 and earlier["lr"] == 2e-3 and earlier["data"] == {"disks": 1.0}
+    stored = load_checkpoint(tmp_path / "b.pt")["train"]
+    assert lineage_totals(stored)["samples"] == 48 and lineage_totals(stored)["runs"] == 2
+    cfg.samples = 24  # resuming continues the same run: the lineage stays as it was
+    resumed = train(gen, tmp_path / "b.pt", cfg, init=tmp_path / "b.pt", resume=True, progress=False)
+    assert resumed["lineage"] == second["lineage"] and resumed["samples_seen"] == 24
+
+
+def test_keep_best_copies_a_checkpoint_only_when_its_held_out_score_improves(tmp_path):
+    from orchestrator.commands.train import KeepBest
+
+    scores = iter([5.0, 6.0, 4.0])
+    validate = lambda path, state: {"holdout_10_clicks": {"a": {"NoC@90": next(scores)}}}
+    latest, best = tmp_path / "latest.pt", tmp_path / "best.pt"
+    keep = KeepBest(validate, best)
+    kept = []
+    for step in range(3):
+        save_checkpoint(latest, ClickSegNet(SMALL), train={"samples_seen": step}, optimizer={})
+        keep(latest, {"samples_seen": step})
+        payload = load_checkpoint(best)
+        kept.append((payload["train"]["samples_seen"], payload["metrics"]["holdout_10_clicks"]["a"]["NoC@90"]))
+        assert "optimizer" not in payload
+    assert kept == [(0, 5.0), (0, 5.0), (2, 4.0)]
+    assert KeepBest(validate, best).score == 4.0  # a later run starts from the best file's own score
+
+
 def test_checkpoint_round_trip_keeps_the_weights(tmp_path):
     net = ClickSegNet(SMALL)
     save_checkpoint(tmp_path / "a.pt", net, predictor={"long_side": 256})
@@ -134,13 +186,16 @@ def test_train_command_writes_config_train_state_and_holdout_metrics(tmp_path):
         cv2.imwrite(str(tmp_path / "data" / "images" / f"im{i}.png"), rgb[:, :, ::-1])
         cv2.imwrite(str(tmp_path / "data" / "masks" / f"im{i}.png"), mask.astype(np.uint8) * 255)
     out = tmp_path / "run.pt"
+    best = tmp_path / "best.pt"
     args = ["train", "--data", str(tmp_path / "data"), "--out", str(out), "--samples", "16", "--size", "64",
-            "--holdout-every", "3", "--validate-images", "1", "--workers", "0", "--no-bf16"]
+            "--holdout-every", "3", "--validate-images", "1", "--workers", "0", "--best", str(best), "--no-bf16"]
     assert main(args) == 0
     payload = load_checkpoint(out)
     assert payload["train"]["samples_seen"] == 16 and payload["train"]["config"]["size"] == 64
+    assert payload["train"]["config"]["data"] == {"data": 1.0}
     holdout = payload["metrics"]["holdout_10_clicks"]["data"]
     assert holdout["objects"] == 1 and 1 <= holdout["NoC@85"] <= 10
+    assert load_checkpoint(best)["metrics"]["holdout_10_clicks"]["data"] == holdout
     assert main(args[:-1] + ["--resume", "--samples", "24"]) == 0
     assert load_checkpoint(out)["train"]["samples_seen"] == 24
     deeper = tmp_path / "deeper.pt"
@@ -151,3 +206,6 @@ def test_train_command_writes_config_train_state_and_holdout_metrics(tmp_path):
     assert tuple(payload["net"]["blocks"]) == (1, 2, 3, 2) and payload["train"]["samples_seen"] == 8
     with pytest.raises(SystemExit):  # argparse's usage error, before any data is loaded
         main(["train", "--data", str(tmp_path / "data"), "--out", str(deeper), "--deepen", "1,x,3,2"])
+    with pytest.raises(SystemExit, match="needs --validate-images"):
+        main(["train", "--data", str(tmp_path / "data"), "--out", str(deeper), "--best", str(best),
+              "--validate-images", "0"])

@@ -43,6 +43,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--deepen", metavar="N,N,N,N", type=block_counts,
                    help="with --init: grow the net to this many residual blocks per stage, the new ones starting "
                         "as the identity (e.g. 1,2,4,3)")
+    p.add_argument("--best", type=Path, metavar="FILE",
+                   help="keep a copy (weights and state, no optimizer) of the checkpoint with the best held-out "
+                        "NoC@90 so far, judged at each checkpoint (needs --validate-images)")
+    p.add_argument("--first-click-share", type=float, default=0.0, metavar="P",
+                   help="share of batches trained as a served first click: one positive click, nothing else")
+    p.add_argument("--device", default="cpu", help="torch device to train on (cpu, cuda)")
+    p.add_argument("--minutes", type=float, default=0.0,
+                   help="stop after this many minutes with a checkpoint, wherever the schedule is (0: run to its "
+                        "end); --resume continues from there")
     p.add_argument("--no-bf16", action="store_true", help="train in float32")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(handler=run)
@@ -56,6 +65,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--every", type=int, default=4, help="with --reference: every Nth image")
     r.add_argument("--limit", type=int, default=3, help="with --reference: at most this many images")
     r.set_defaults(handler=release)
+    b = sub.add_parser("bundle", help="pack training folders small enough to carry to a GPU machine",
+                       description="Writes a zip of the folders in the shared layout, images shrunk and re-encoded "
+                                   "(held-out images kept, under their own names, so the same ones stay held "
+                                   "out). Unpack with `python3 -m zipfile -e BUNDLE DIR` and train on DIR/<folder>.")
+    b.add_argument("--data", action="append", required=True, metavar="DIR", help="training folder (repeatable)")
+    b.add_argument("--out", required=True, type=Path, help="zip file to write")
+    b.add_argument("--max-side", type=int, default=256, help="longer side of the packed images, in pixels")
+    b.add_argument("--quality", type=int, default=70, help="WebP quality of the packed images")
+    b.add_argument("--max-mib", type=float, default=64.0, help="refuse to write a bundle larger than this")
+    b.set_defaults(handler=bundle)
 
 
 def holdout_metrics(checkpoint: Path, folders: list[str], every: int, images: int) -> dict:
@@ -75,15 +94,62 @@ def holdout_metrics(checkpoint: Path, folders: list[str], every: int, images: in
     return {"holdout_10_clicks": metrics}
 
 
+def holdout_score(metrics: dict | None) -> float:
+    """The selection figure of held-out metrics: NoC@90 averaged over the training folders (lower is better)."""
+    folders = (metrics or {}).get("holdout_10_clicks", {})
+    return sum(f["NoC@90"] for f in folders.values()) / len(folders) if folders else float("inf")
+
+
+class KeepBest:
+    """At each checkpoint: validate, and copy the checkpoint to `best` when its held-out score beats the best so far
+    (a `best` file left by an earlier run counts, so a resumed or restarted campaign never keeps a worse one)."""
+
+    def __init__(self, validate, best: Path | None):
+        self.validate, self.best = validate, best
+        self.score = float("inf")
+        if best is not None and best.is_file():
+            from workers.model.checkpoint import load_checkpoint
+
+            self.score = holdout_score(load_checkpoint(best).get("metrics"))
+
+    def __call__(self, path: Path, state: dict) -> dict:
+        metrics = self.validate(path, state)
+        score = holdout_score(metrics)
+        if self.best is not None and score < self.score:
+            from workers.model.checkpoint import release_checkpoint
+
+            release_checkpoint(path, self.best, metrics=metrics)
+            self.score = score
+            print(f"\nheld-out NoC@90 {score:.2f} at {state['samples_seen']} samples: the best so far, kept in "
+                  f"{self.best}", flush=True)
+        return metrics
+
+
 def release(args: argparse.Namespace) -> int:
     from workers.model.checkpoint import BASE_CHECKPOINT, release_checkpoint
 
     dst = args.to or BASE_CHECKPOINT
+    from workers.model.train import lineage_totals
+
     state = release_checkpoint(args.checkpoint, dst)
+    total = lineage_totals(state)
     print(f"wrote {dst} ({dst.stat().st_size / 1e6:.1f} MB): {state.get('samples_seen', '?')} samples, "
-          f"{state.get('wall_time_s', 0) / 3600:.2f} h of training")
+          f"{state.get('wall_time_s', 0) / 3600:.2f} h of training; with the runs it started from: "
+          f"{total['samples']} samples, {total['hours']} h in {total['runs']} runs")
     if args.reference:
         write_reference(dst, args.reference.resolve(), args.every, args.limit)
+    return 0
+
+
+def bundle(args: argparse.Namespace) -> int:
+    from workers.model.bundle import pack_bundle
+
+    try:
+        summary = pack_bundle(args.data, args.out, args.max_side, args.quality, int(args.max_mib * 2**20))
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    images = ", ".join(f"{name} {n}" for name, n in summary.folders.items())
+    print(f"wrote {args.out} ({summary.bytes / 2**20:.1f} MiB): images {images}; {summary.masks} masks")
     return 0
 
 
@@ -111,12 +177,17 @@ def write_reference(checkpoint: Path, data: Path, every: int, limit: int) -> Non
 
 def run(args: argparse.Namespace) -> int:
     from workers.model.data import SampleGenerator, load_folder
-    from workers.model.train import TrainConfig, train
+    from workers.model.train import TrainConfig, lineage_totals, train
 
     if args.weight and len(args.weight) != len(args.data):
         raise SystemExit("give one --weight per --data folder")
     if args.resume and not args.out.exists():
         raise SystemExit(f"--resume: no checkpoint at {args.out}")
+    if args.best and not (args.validate_images and args.holdout_every):
+        raise SystemExit("--best judges checkpoints on held-out images: it needs --validate-images and "
+                         "--holdout-every above 0")
+    if not 0.0 <= args.first_click_share <= 1.0:
+        raise SystemExit(f"--first-click-share is a share between 0 and 1, not {args.first_click_share}")
     folders = []
     for d in args.data:
         images = load_folder(d, holdout_every=args.holdout_every)
@@ -125,13 +196,18 @@ def run(args: argparse.Namespace) -> int:
     cfg = TrainConfig(samples=args.samples, batch_size=args.batch_size, lr=args.lr, size=args.size,
                       threads=args.threads, data_workers=args.workers, seed=args.seed,
                       checkpoint_every_s=args.checkpoint_every, bf16=not args.no_bf16,
-                      deepen_to=args.deepen)
+                      deepen_to=args.deepen, first_click_share=args.first_click_share, device=args.device,
+                      stop_after_s=60 * args.minutes,
+                      data={Path(d).name: w for d, w in zip(args.data, args.weight or [1.0] * len(args.data))})
     init = args.out if args.resume else args.init
     validate = None
     if args.validate_images and args.holdout_every:
-        validate = lambda path, state: holdout_metrics(path, args.data, args.holdout_every, args.validate_images)
+        validate = KeepBest(lambda path, state: holdout_metrics(path, args.data, args.holdout_every,
+                                                                args.validate_images), args.best)
     state = train(SampleGenerator(folders, args.weight, size=args.size), args.out, cfg, init=init,
                   resume=args.resume, on_checkpoint=validate)
+    total = lineage_totals({**state, "config": {}})
     print(f"wrote {args.out}: {state['samples_seen']} samples in {state['wall_time_s'] / 60:.1f} min, "
-          f"loss {state.get('loss', float('nan')):.4f}")
+          f"loss {state.get('loss', float('nan')):.4f}; with the runs it started from: {total['samples']} "
+          f"samples, {total['hours']} h in {total['runs']} runs")
     return 0

@@ -44,11 +44,13 @@ def build_net(payload: dict) -> ClickSegNet:
     return net
 
 
-def release_checkpoint(src: str | Path, dst: str | Path = BASE_CHECKPOINT) -> dict:
-    """Copy a training checkpoint without its optimizer state (a third of the size), for shipping or serving.
-    Returns the copied training state."""
+def release_checkpoint(src: str | Path, dst: str | Path = BASE_CHECKPOINT, metrics: dict | None = None) -> dict:
+    """Copy a training checkpoint without its optimizer state (a third of the size), for shipping or serving;
+    `metrics`, when given, replace the stored ones. Returns the copied training state."""
     payload = load_checkpoint(src)
     payload.pop("optimizer", None)
+    if metrics is not None:
+        payload["metrics"] = metrics
     dst = Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_suffix(dst.suffix + ".tmp")

@@ -1,4 +1,4 @@
-"""Reading folders in the shared dataset layout: `images/<stem>.<jpg|png>` and `masks/<stem>[_<anything>].png`.
+"""Reading folders in the shared dataset layout: `images/<stem>.<jpg|png|webp>` and `masks/<stem>[_<anything>].png`.
 
 A mask belongs to the image whose stem equals its own stem or is followed in it by `_`. Masks are 0/255, one object
 each. An optional `gt_raw/<mask name>` holds the same mask with a 128 band of pixels that scoring ignores.
@@ -11,7 +11,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")  # WebP: training bundles (bundle.py)
 
 
 @dataclass

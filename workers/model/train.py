@@ -40,6 +40,12 @@ class TrainConfig:
     data_workers: int = 1
     seed: int = 0
     checkpoint_every_s: float = 300.0
+    # Share of batches trained as a first click exactly as served: one positive click, no previous mask, no
+    # corrective pass. Random initial clicks alone make that case rare (about 7 % of batches).
+    first_click_share: float = 0.0
+    device: str = "cpu"  # a torch device: "cpu", "cuda"
+    stop_after_s: float = 0.0  # end this run (with a checkpoint) after so many seconds, whatever the schedule says
+    data: dict = field(default_factory=dict)  # training folder -> sampling weight, recorded for the model card
     net: dict = field(default_factory=lambda: NetConfig().to_dict())
     deepen_to: tuple[int, ...] | None = None  # with init: residual blocks per stage to grow the net to (network.deepen)
     predictor: dict = field(default_factory=lambda: PredictorConfig().to_dict())
@@ -56,10 +62,14 @@ class _Samples(IterableDataset):
             yield self.generator.sample(rng)
 
 
-def _lr_factor(seen: int, cfg: TrainConfig) -> float:
+def _lr_factor(seen: int, cfg: TrainConfig, elapsed_s: float = 0.0) -> float:
+    """Linear warm-up, then a cosine to 2 % that ends with the schedule's samples or, for a run with a time limit,
+    with its time if that comes first (a burst on a lent GPU ends annealed, not mid-schedule)."""
     if seen < cfg.warmup_samples:
         return max(seen / cfg.warmup_samples, 0.01)
     t = min(1.0, (seen - cfg.warmup_samples) / max(1, cfg.samples - cfg.warmup_samples))
+    if cfg.stop_after_s:
+        t = max(t, min(1.0, elapsed_s / cfg.stop_after_s))
     return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * t))
 
 
@@ -67,20 +77,27 @@ def _forward(net: ClickSegNet, batch: list[Sample], bins: list[np.ndarray], prev
              bf16: bool) -> torch.Tensor:
     rgb = np.stack([s.rgb for s in batch])
     guidance = np.stack([guidance_maps(s.rgb, s.clicks, p, b) for s, p, b in zip(batch, prev, bins)])
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        return net(*to_tensors(rgb, guidance)).float()
+    device = next(net.parameters()).device
+    inputs = [t.to(device, non_blocking=True) for t in to_tensors(rgb, guidance)]
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        return net(*inputs).float()
 
 
 def train_step(net, optimizer, batch: list[Sample], rng: np.random.Generator, cfg: TrainConfig) -> float:
     """One iterative-training step on a batch; returns the loss. Clicks are appended to the samples in place."""
     bins = [colour_bins(s.rgb) for s in batch]
     prev: list[np.ndarray | None] = [None] * len(batch)
-    n_extra = int(rng.integers(cfg.max_corrective_clicks + 1))
+    if cfg.first_click_share and rng.random() < cfg.first_click_share:
+        for s in batch:
+            del s.clicks[1:]  # the sampler's first click is always positive
+        n_extra = 0
+    else:
+        n_extra = int(rng.integers(cfg.max_corrective_clicks + 1))
     if n_extra:
         net.eval()
         with torch.no_grad():
             for _ in range(n_extra):
-                probs = torch.sigmoid(_forward(net, batch, bins, prev, cfg.bf16))[:, 0].numpy()
+                probs = torch.sigmoid(_forward(net, batch, bins, prev, cfg.bf16))[:, 0].cpu().numpy()
                 for i, s in enumerate(batch):
                     prev[i] = probs[i]
                     click = corrective_click(rng, probs[i] > 0.49, s.target)
@@ -88,7 +105,7 @@ def train_step(net, optimizer, batch: list[Sample], rng: np.random.Generator, cf
                         s.clicks.append(click)
     net.train()
     logits = _forward(net, batch, bins, prev, cfg.bf16)
-    target = torch.from_numpy(np.stack([s.target for s in batch])[:, None].astype(np.float32))
+    target = torch.from_numpy(np.stack([s.target for s in batch])[:, None].astype(np.float32)).to(logits.device)
     loss = normalized_focal_loss(logits, target)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -110,6 +127,9 @@ def train(
     `init`: start from these weights (fine-tuning, or continuing); with `resume` the schedule position and the
     optimizer state saved in `init` are taken over too. `on_checkpoint(path, train_state)` may return metrics,
     stored in the checkpoint. Returns the final train state.
+
+    The state's `lineage` lists the earlier runs whose weights this one started from (samples, hours, data), so
+    the training behind a checkpoint adds up across runs that each start from the last one's weights.
     """
     torch.set_num_threads(cfg.threads)
     out = Path(out)
@@ -119,13 +139,16 @@ def train(
         if payload and resume:
             raise ValueError("deepen a net when starting from its weights (init), not when resuming a schedule")
         net = deepen(net, tuple(cfg.deepen_to))
-    net = net.to(memory_format=torch.channels_last)
+    net = net.to(cfg.device, memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    state = {"samples_seen": 0, "wall_time_s": 0.0, "steps": 0}
+    state = {"samples_seen": 0, "wall_time_s": 0.0, "steps": 0, "lineage": []}
+    prior = payload.get("train", {}) if payload else {}
     if payload and resume:
-        state.update({k: payload.get("train", {}).get(k, v) for k, v in state.items()})
+        state.update({k: prior.get(k, v) for k, v in state.items()})
         if "optimizer" in payload:
             optimizer.load_state_dict(payload["optimizer"])
+    elif prior.get("samples_seen"):
+        state["lineage"] = [*prior.get("lineage", []), run_summary(prior)]
     rng = np.random.default_rng([cfg.seed, state["steps"]])
     loader = DataLoader(_Samples(generator, cfg.seed + state["steps"]), batch_size=cfg.batch_size,
                         num_workers=cfg.data_workers, collate_fn=list,
@@ -147,8 +170,10 @@ def train(
     for batch in loader:
         if state["samples_seen"] >= cfg.samples:
             break
+        if cfg.stop_after_s and time.perf_counter() - t_start > cfg.stop_after_s:
+            break
         for group in optimizer.param_groups:
-            group["lr"] = cfg.lr * _lr_factor(state["samples_seen"], cfg)
+            group["lr"] = cfg.lr * _lr_factor(state["samples_seen"], cfg, time.perf_counter() - t_start)
         losses.append(train_step(net, optimizer, batch, rng, cfg))
         state["samples_seen"] += len(batch)
         state["steps"] += 1
@@ -163,3 +188,18 @@ def train(
     bar.close()
     checkpoint()
     return state
+
+
+def run_summary(train_state: dict) -> dict:
+    """One run of a checkpoint's training, as its lineage records it."""
+    config = train_state.get("config", {})
+    return {"samples": train_state.get("samples_seen", 0), "hours": round(train_state.get("wall_time_s", 0) / 3600, 3),
+            "lr": config.get("lr"), "data": config.get("data", {}), "device": config.get("device", "cpu")}
+
+
+def lineage_totals(train_state: dict) -> dict:
+    """Samples and hours of training behind a checkpoint: its own run plus every run in its lineage."""
+    runs = [*train_state.get("lineage", []), run_summary(train_state)]
+    return {"runs": len(runs), "samples": sum(r["samples"] for r in runs),
+            "hours": round(sum(r["hours"] for r in runs), 2)}
+
