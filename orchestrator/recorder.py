@@ -72,6 +72,7 @@ class RecorderStatus:
     healthy: bool  # False after a failed write, until a write succeeds
     running: bool
     queued: int  # waiting to be written: in the queue or in the batch the writer holds
+    capacity: int  # clicks the queue holds before new ones are dropped (CLICKMASK_RECORDER_QUEUE_SIZE)
     recorded: int
     dropped: int
     last_error: str | None
@@ -99,10 +100,6 @@ class Recorder:
         self.last_drop_log = 0.0
         self.ids: dict[str, dict] = {"project": {}, "image": {}, "session": {}, "version": {}}
 
-    @classmethod
-    def from_settings(cls, settings, session_factory: sessionmaker[Session]) -> Recorder:
-        return cls(session_factory, queue_size=settings.recorder_queue_size)
-
     # ---- the caller's side: never blocks
 
     def start(self) -> Recorder:
@@ -126,7 +123,7 @@ class Recorder:
     def status(self) -> RecorderStatus:
         with self.lock:
             return RecorderStatus(self.healthy, bool(self.thread and self.thread.is_alive()), self.waiting(),
-                                  self.recorded, self.dropped, self.last_error)
+                                  self.queue.maxsize, self.recorded, self.dropped, self.last_error)
 
     def waiting(self) -> int:
         """Clicks taken but not yet written or dropped (a click leaves the count when its batch is done with)."""

@@ -13,6 +13,17 @@ import pytest
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 REQUESTS = SHARED / "label_studio" / "requests"
 
+# Tiers: a test is marked by the servers it needs, read from its fixtures, so a new test lands in the right tier
+# without being told. The quick loop (`bash tests/run --quick`) leaves out Ray and Label Studio (and so the browser).
+NEEDS = {"ray_cluster": "ray", "label_studio": "label_studio"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        for fixture, marker in NEEDS.items():
+            if fixture in item.fixturenames:
+                item.add_marker(marker)
+
 
 @pytest.fixture(scope="session")
 def ls_request():

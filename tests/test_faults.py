@@ -243,6 +243,7 @@ def wait_for(predicate, what: str, timeout: float = 120.0) -> None:
         time.sleep(0.2)
 
 
+@pytest.mark.ray  # a cluster of its own, not the ray_cluster fixture
 def test_a_node_lost_from_a_two_node_cluster_serving_goes_on_on_the_other(tmp_path):
     """A Ray cluster of two nodes on this machine, one model replica on each; the node without the ingress goes
     away while four annotators click. Run in a process of its own (tests/cluster_support.py): this process already

@@ -173,3 +173,25 @@ def test_several_ingress_replicas_answer_with_every_ingress_figures(serve_http, 
     finally:
         serve.delete("metrics-fleet")
         images.stop()
+
+
+def test_the_recorder_queue_size_setting_sizes_the_queue_of_the_served_ingress(serve_http, tmp_path, monkeypatch):
+    """CLICKMASK_RECORDER_QUEUE_SIZE, read where `clickmask serve` builds its config, reaches the deployed ingress."""
+    from dataclasses import replace
+
+    from ray import serve
+
+    from orchestrator.cli import build_parser
+    from orchestrator.commands.serve import serve_config
+    from orchestrator.serving.app import build_app
+
+    monkeypatch.setenv("CLICKMASK_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("CLICKMASK_RECORDER_QUEUE_SIZE", "37")
+    args = build_parser().parse_args(["serve", "--model", str(tiny_checkpoint(tmp_path / "tiny.pt"))])
+    _, config = serve_config(args)
+    serve.run(build_app(replace(config, cpus_per_replica=0)), name="queue-size", route_prefix="/queue-size")
+    try:
+        ingress = serve.get_deployment_handle("Backend", "queue-size")
+        assert ingress.stats.remote().result()["recorder"]["capacity"] == 37
+    finally:
+        serve.delete("queue-size")

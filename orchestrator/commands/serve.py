@@ -50,7 +50,7 @@ def serve_config(args: argparse.Namespace):
         ingress_replicas=args.ingress_replicas,
         images=ImageSettings.from_env(), database_url=None if args.no_db else settings.database_url,
         basic_auth=(user, password) if user else None, store_url=settings.store_url,
-        s3_endpoint_url=settings.s3_endpoint_url,
+        s3_endpoint_url=settings.s3_endpoint_url, recorder_queue_size=settings.recorder_queue_size,
     )
 
 

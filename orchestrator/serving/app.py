@@ -34,6 +34,7 @@ class ServeConfig:
     registry_ttl_s: float = 2.0
     basic_auth: tuple[str, str] | None = field(default=None, repr=False)
     max_body_bytes: int = MAX_BODY_BYTES  # largest request body the ingress reads
+    recorder_queue_size: int = 10_000  # per ingress: clicks waiting to be written before new ones are dropped
 
 
 def build_app(config: ServeConfig, cluster: dict[str, float] | None = None):
@@ -55,7 +56,8 @@ def build_app(config: ServeConfig, cluster: dict[str, float] | None = None):
     model = ClickModel.options(**model_options).bind(config.checkpoint, config.model_version, config.store_url,
                                                      config.s3_endpoint_url)
     options = IngressOptions(images=config.images, database_url=config.database_url, basic_auth=config.basic_auth,
-                             registry_ttl_s=config.registry_ttl_s, max_body_bytes=config.max_body_bytes)
+                             registry_ttl_s=config.registry_ttl_s, max_body_bytes=config.max_body_bytes,
+                             recorder_queue_size=config.recorder_queue_size)
     ingress = Backend.options(num_replicas=config.ingress_replicas, ray_actor_options=ingress_options(cluster))
     # Several ingress replicas share their /metrics figures through a board (orchestrator.serving.metrics).
     board = None

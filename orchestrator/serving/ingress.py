@@ -52,6 +52,7 @@ class IngressOptions:
     basic_auth: tuple[str, str] | None = field(default=None, repr=False)
     max_body_bytes: int = protocol.MAX_BODY_BYTES
     registry_ttl_s: float = 2.0  # how long a project's serving version is taken as known
+    recorder_queue_size: int = 10_000  # clicks waiting to be written before new ones are dropped
 
 
 def image_key(uri: str) -> str:
@@ -100,7 +101,7 @@ class Backend:
             from orchestrator.recorder import Recorder
 
             self.session_factory = make_session_factory(make_engine(options.database_url))
-            self.recorder = Recorder(self.session_factory).start()
+            self.recorder = Recorder(self.session_factory, queue_size=options.recorder_queue_size).start()
         self.metrics = ServingMetrics(self.fetcher, self.recorder, self.session_factory, metrics_board,
                                       ingress_name())
 
