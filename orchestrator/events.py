@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from functools import partial
 
 from sqlalchemy import select
@@ -154,7 +154,7 @@ def parse_time(value: object, where: str) -> datetime:
     except ValueError:
         raise Rejected(f"{where} is not an ISO 8601 time: {value[:40]!r}") from None
     # Label Studio sends UTC with a Z; a time without a zone is taken as UTC too.
-    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
 
 
 def parse_annotation(body: dict) -> ParsedAnnotation:

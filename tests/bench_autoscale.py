@@ -29,13 +29,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import tempfile
 import threading
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
 
 import numpy as np
@@ -187,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     command.upgrade(alembic_config(db_url), "head")
     images = ImageServer(args.data / "images")
     node_args = dict(node_ip_address="127.0.0.1", include_dashboard=False)
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     load_at_start = os.getloadavg()
     cluster = Cluster(initialize_head=True, head_node_args=dict(
         node_args, num_cpus=1, resources={INGRESS_RESOURCE: 1}, temp_dir=os.path.join(ray_tmp, "ray")))

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, UTC
 from pathlib import Path
 
 import numpy as np
@@ -51,7 +51,7 @@ def fill(url: str, count: int, ls_project_id: int) -> float:
     from orchestrator.masks import encode
 
     rles = [encode(blob_mask(i)) for i in range(64)]
-    t0, start = datetime(2026, 1, 1, tzinfo=timezone.utc), time.perf_counter()
+    t0, start = datetime(2026, 1, 1, tzinfo=UTC), time.perf_counter()
     engine = make_engine(url)
     with engine.begin() as connection:
         project_id = connection.execute(insert(Project).values(ls_project_id=ls_project_id, title="bench",

@@ -33,7 +33,7 @@ import sys
 import tempfile
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
 
 import numpy as np
@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     db_url = f"sqlite:///{work / 'clickmask.db'}"
     command.upgrade(alembic_config(db_url), "head")
     images = ImageServer(args.data / "images")
-    meta = {"started_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cpus": os.cpu_count(),
+    meta = {"started_utc": datetime.now(UTC).isoformat(timespec="seconds"), "cpus": os.cpu_count(),
             "loadavg_at_start": os.getloadavg(), "args": {k: str(v) for k, v in vars(args).items()},
             "nice": os.nice(0)}
     rows, sampler = [], None
@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
                                                                f"t{think}-a{i}", args.max_clicks, deadline, think,
                                                                args.timeout, log))
                        for i, group in enumerate(groups)]
-            run.started, run.load_before = datetime.now(timezone.utc).isoformat(timespec="seconds"), os.getloadavg()
+            run.started, run.load_before = datetime.now(UTC).isoformat(timespec="seconds"), os.getloadavg()
             start_s, wall0 = time.monotonic() - sampler.t0, time.monotonic()
             for t in threads:
                 t.start()
@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         stop_serving()
         images.stop()
-    meta["finished_utc"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    meta["finished_utc"] = datetime.now(UTC).isoformat(timespec="seconds")
     meta["loadavg_at_end"] = os.getloadavg()
     print()
     print(f"started {meta['started_utc']}, load average at start {meta['loadavg_at_start']}, {meta['cpus']} CPUs")

@@ -34,7 +34,7 @@ import sys
 import tempfile
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
 
 import numpy as np
@@ -65,7 +65,7 @@ def make_click(i: int, mask_rle) -> ClickRecord:
     return ClickRecord(
         project=1, image_uri=f"s3://bench/images/{i // 50}.jpg", image_width=W, image_height=H,
         session_key=f"bench-{i // 5}", seq=i % 5 + 1, x=float(i % W), y=float(i % H), positive=i % 4 != 3,
-        clicked_at=datetime.now(timezone.utc), mask=mask_rle, score=0.9, latency_ms=42.0,
+        clicked_at=datetime.now(UTC), mask=mask_rle, score=0.9, latency_ms=42.0,
         model_version="base-1", annotator="bench", label="Object",
     )
 
@@ -217,7 +217,7 @@ def fleet_writer(url: str, rate: float, seconds: float, first: int, pool: tuple[
             t0 = time.perf_counter()
             super()._write(batch)
             transactions.append((time.perf_counter() - t0) * 1000)
-            now, wall = time.monotonic(), datetime.now(timezone.utc)
+            now, wall = time.monotonic(), datetime.now(UTC)
             commits.extend((now, (wall - c.clicked_at).total_seconds() * 1000) for c in batch)
 
     rles = [encode(blob_mask(i)) for i in range(64)]
@@ -331,7 +331,7 @@ def main() -> int:
     parser.add_argument("--pace", type=float, default=20.0, help="clicks per second for --writer-cpu")
     parser.add_argument("--pace-clicks", type=int, default=200, help="clicks per --writer-cpu round")
     args = parser.parse_args()
-    print(f"clickmask recording benchmark, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, "
+    print(f"clickmask recording benchmark, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, "
           f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs", flush=True)
     if args.fleet:
         run_fleet(args)

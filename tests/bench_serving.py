@@ -39,7 +39,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
 
 import numpy as np
@@ -202,7 +202,7 @@ def throughput(name: str, predict_url: str, image_url, groups: list[list[ObjectS
     threads = [threading.Thread(target=annotate_direct, args=(run, lock, predict_url, image_url, group,
                                                               f"{name}-a{i}", max_clicks, deadline, timeout))
                for i, group in enumerate(groups)]
-    run.started, run.load_before = datetime.now(timezone.utc).isoformat(timespec="seconds"), os.getloadavg()
+    run.started, run.load_before = datetime.now(UTC).isoformat(timespec="seconds"), os.getloadavg()
     t0 = time.perf_counter()
     for t in threads:
         t.start()
@@ -215,7 +215,7 @@ def throughput(name: str, predict_url: str, image_url, groups: list[list[ObjectS
 def latency_through_label_studio(studio, backend_id: int, tasks: dict, scripts: list[ObjectScript],
                                  timeout: float) -> Run:
     run = Run("latency via Label Studio")
-    run.started, run.load_before = datetime.now(timezone.utc).isoformat(timespec="seconds"), os.getloadavg()
+    run.started, run.load_before = datetime.now(UTC).isoformat(timespec="seconds"), os.getloadavg()
     url = f"{studio.url}/api/ml/{backend_id}/interactive-annotating"
     t0 = time.perf_counter()
     for n, script in enumerate(scripts):
@@ -353,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     images = ImageServer(args.data / "images")
     studio = None
     rows: list[dict] = []
-    meta = {"started_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cpus": os.cpu_count(),
+    meta = {"started_utc": datetime.now(UTC).isoformat(timespec="seconds"), "cpus": os.cpu_count(),
             "loadavg_at_start": os.getloadavg(), "args": {k: str(v) for k, v in vars(args).items()},
             "bars": BARS, "nice": os.nice(0)}
     try:
@@ -376,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
             warm_up(predict_url, image_url, warm, args.timeout, replicas)
             if replicas == replica_counts[0]:
                 run = Run("latency direct", replicas=replicas)
-                run.started, run.load_before = datetime.now(timezone.utc).isoformat(timespec="seconds"), \
+                run.started, run.load_before = datetime.now(UTC).isoformat(timespec="seconds"), \
                     os.getloadavg()
                 lock, t_start = threading.Lock(), time.perf_counter()
                 annotate_direct(run, lock, predict_url, image_url, take(args.latency_images), "lat", 10**9,
@@ -407,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
         if studio is not None:
             studio.stop()
         images.stop()
-    meta["finished_utc"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    meta["finished_utc"] = datetime.now(UTC).isoformat(timespec="seconds")
     meta["loadavg_at_end"] = os.getloadavg()
     print()
     print(f"started {meta['started_utc']}, load average at start {meta['loadavg_at_start']}, {meta['cpus']} CPUs")

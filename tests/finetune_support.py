@@ -3,7 +3,7 @@ SDK's own encoder, as Label Studio's editor does), a tiny checkpoint, and synthe
 from __future__ import annotations
 
 import copy
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, UTC
 from pathlib import Path
 
 import cv2
@@ -12,7 +12,7 @@ import numpy as np
 from model_support import disk_scene
 
 TINY_NET = dict(widths=(8, 16, 16, 24, 24), blocks=(1, 1, 1, 1), decoder_width=16)
-T0 = datetime(2026, 11, 25, 6, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 25, 6, 0, tzinfo=UTC)
 
 
 def tiny_checkpoint(path: Path, seed: int = 0) -> Path:

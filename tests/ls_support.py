@@ -5,8 +5,8 @@ directory, and driven through its HTTP API the way its UI drives it.
 The install lives outside the checkout, in $CLICKMASK_LS_CACHE or ~/.cache/clickmask/label-studio-<version>-<lock hash>,
 and is reused when its marker file exists (written only after a successful install). It takes the exact versions of
 label-studio.lock beside this file, so a change to the lock is a new install; `bash tests/run --refresh-pins` sets
-CLICKMASK_LS_UNLOCKED=1 to resolve the newest versions that label-studio.in allows instead. See PROTOCOL.md in shared/ for the
-measured behaviour this follows (environment variables, token exchange, interactive-annotating).
+CLICKMASK_LS_UNLOCKED=1 to resolve the newest versions that label-studio.in allows instead. See PROTOCOL.md in
+shared/ for the measured behaviour this follows (environment variables, token exchange, interactive-annotating).
 """
 from __future__ import annotations
 

@@ -3,7 +3,7 @@ stored masks bit for bit; polygons, latest-only, PNGs; skips counted; unknown pr
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, UTC
 
 import cv2
 import numpy as np
@@ -23,7 +23,7 @@ CONFIG = f"""<View>
   <BrushLabels name="tag" toName="image">{''.join(f'<Label value="{n}"/>' for n in LABELS)}</BrushLabels>
   <KeyPointLabels name="kp" toName="image" smart="true"><Label value="Cat" smart="true"/></KeyPointLabels>
 </View>"""
-T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def disk(cy, cx, r, h=H, w=W):

@@ -156,7 +156,8 @@ def test_keypoints_in_percent_become_pixels_inside_the_image(ls_request_once, po
     body["params"]["context"]["result"] = regions
     (obj,) = protocol.parse_predict(body).objects
     assert len(obj.clicks) == len(points)
-    for click, (x, y, positive) in zip(obj.clicks, points):
+    for i, (click, (x, y, positive)) in enumerate(zip(obj.clicks, points)):
+        assert click.positive == (positive or i == 0)
         assert click.x == pytest.approx(min(x * width / 100, width - 1))
         assert click.y == pytest.approx(min(y * height / 100, height - 1))
         assert 0 <= click.x <= width - 1 and 0 <= click.y <= height - 1

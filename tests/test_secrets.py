@@ -6,7 +6,7 @@ test_hostile_input.py."""
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 
 import boto3
 import pytest
@@ -93,7 +93,7 @@ def test_database_password_in_no_recorder_log(unreachable_database, caplog):
     engine = make_engine(unreachable_database)
     recorder = Recorder(make_session_factory(engine), attempts=1, retry_delay_s=0.01).start()
     recorder.record(ClickRecord(project=1, image_uri="s3://b/a.png", image_width=8, image_height=8, session_key="s",
-                                seq=1, x=1.0, y=1.0, positive=True, clicked_at=datetime.now(timezone.utc)))
+                                seq=1, x=1.0, y=1.0, positive=True, clicked_at=datetime.now(UTC)))
     status = recorder.stop(timeout=10)
     engine.dispose()
     assert status.dropped == 1 and "database" in caplog.text  # the outage was logged ...

@@ -2,7 +2,7 @@
 import os
 import subprocess
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone, UTC
 from pathlib import Path
 
 import pytest
@@ -21,7 +21,7 @@ from orchestrator.db import (
     TrainingJob,
 )
 
-T0 = datetime(2026, 11, 25, 5, 57, 52, 460419, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 25, 5, 57, 52, 460419, tzinfo=UTC)
 
 
 def populate(session):
@@ -30,7 +30,8 @@ def populate(session):
     session.add(project)
     session.flush()
     image.project_id = project.id
-    base = ModelVersion(name="base-1", status="promoted", checkpoint_uri="checkpoints/base-1.pt", metrics={"noc90": 4.2})
+    base = ModelVersion(name="base-1", status="promoted", checkpoint_uri="checkpoints/base-1.pt",
+                        metrics={"noc90": 4.2})
     session.add_all([image, base])
     session.flush()
     tuned = ModelVersion(name="ft-2", parent_id=base.id, project_id=project.id, status="candidate")

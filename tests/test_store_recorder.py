@@ -1,7 +1,7 @@
 """Recording clicks off the request path, on SQLite and PostgreSQL: nothing lost on a clean stop, drops counted
 and logged when the database is down, never a blocked caller."""
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, UTC
 
 import numpy as np
 import pytest
@@ -12,7 +12,7 @@ from orchestrator.db import make_session_factory
 from orchestrator.masks import CocoRle, decode, encode
 from orchestrator.recorder import ClickRecord, Recorder
 
-T0 = datetime(2026, 11, 25, 8, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 25, 8, 0, tzinfo=UTC)
 
 
 def mask_for(i: int, h: int = 60, w: int = 80) -> np.ndarray:
@@ -56,7 +56,8 @@ def test_clicks_and_masks_are_recorded(session_factory):
         clicks = session.scalars(select(Click).order_by(Click.seq)).all()
         assert [c.seq for c in clicks] == list(range(1, 31))
         for i, row in enumerate(clicks):
-            assert (row.x, row.y, row.positive, row.clicked_at) == (10.0 + i, 20.5, i % 3 != 2, T0 + timedelta(seconds=i))
+            expected = (10.0 + i, 20.5, i % 3 != 2, T0 + timedelta(seconds=i))
+            assert (row.x, row.y, row.positive, row.clicked_at) == expected
             assert row.model_version_id == version.id
             if i == 4:
                 assert row.mask is None

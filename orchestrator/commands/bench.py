@@ -32,7 +32,8 @@ def run_model(args: argparse.Namespace) -> int:
     figures["model"] = args.model
     for key in ("all", "first_click", "later_clicks", "set_image"):
         f = figures[key]
-        print(f"{key:13s} n={f['n']:5d}  p50 {f['p50_ms']:7.1f} ms  p95 {f['p95_ms']:7.1f} ms  max {f['max_ms']:7.1f} ms")
+        print(f"{key:13s} n={f['n']:5d}  p50 {f['p50_ms']:7.1f} ms  p95 {f['p95_ms']:7.1f} ms  "
+              f"max {f['max_ms']:7.1f} ms")
     ratio = figures["first_click"]["p50_ms"] / figures["all"]["p50_ms"]
     print(f"first click p50 / all clicks p50 = {ratio:.2f}")
     if args.json:

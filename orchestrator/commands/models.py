@@ -77,7 +77,7 @@ def listing(session, ls_project: int | None, base: str) -> str:
     rows = [("version", "project", "parent", "status", "NoC@85", "NoC@90", "mIoU@5", "created")]
     for v in registry.versions(session, ls_project, base):
         m = (v.metrics or {}).get("validation", {})
-        fmt = lambda k, d: f"{m[k]:.{d}f}" if k in m else "-"
+        fmt = lambda k, d, m=m: f"{m[k]:.{d}f}" if k in m else "-"
         status = v.status + (" *serving" if v.name in serving and v.project_id is not None else "")
         if v.project_id is None:
             status = "bundled base" if base == "base" else "base"

@@ -104,7 +104,8 @@ def start_scheduler(settings, config):
 
     runner = RunnerConfig(store_url=settings.store_url, images=config.images, s3_endpoint_url=settings.s3_endpoint_url,
                           base_name=config.model_version,
-                          base_checkpoint=config.checkpoint if config.checkpoint == "base" else os.path.abspath(config.checkpoint),
+                          base_checkpoint=(config.checkpoint if config.checkpoint == "base"
+                                           else os.path.abspath(config.checkpoint)),
                           finetune=settings.finetune)
     ft = settings.finetune
     print(f"Fine-tuning: every {ft.every_annotations or 'off'} new annotations, every {ft.every_minutes or 'off'} "

@@ -20,7 +20,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 
 import cv2
 import numpy as np
@@ -291,7 +291,7 @@ class Backend:
         self.recorder.record(ClickRecord(
             project=pid, image_uri=task.image_uri, image_width=obj.width, image_height=obj.height,
             session_key=obj.key, seq=len(clicks), x=float(last.x), y=float(last.y), positive=last.positive,
-            clicked_at=datetime.now(timezone.utc), mask=encode(mask), score=answer.score, latency_ms=total_ms,
+            clicked_at=datetime.now(UTC), mask=encode(mask), score=answer.score, latency_ms=total_ms,
             model_version=answer.model_version, label=obj.label,
         ))
 

@@ -22,7 +22,7 @@ class Click:
     y: float
     positive: bool
 
-    def scaled(self, sx: float, sy: float, dx: float = 0.0, dy: float = 0.0) -> "Click":
+    def scaled(self, sx: float, sy: float, dx: float = 0.0, dy: float = 0.0) -> Click:
         """The same click in a resized/shifted frame: x' = (x - dx) * sx, y' = (y - dy) * sy."""
         return Click((self.x - dx) * sx, (self.y - dy) * sy, self.positive)
 

@@ -26,7 +26,7 @@ class Frame:
     height: int
 
     @classmethod
-    def around(cls, box: tuple[int, int, int, int], long_side: int, multiple: int = 32) -> "Frame":
+    def around(cls, box: tuple[int, int, int, int], long_side: int, multiple: int = 32) -> Frame:
         """The box resized so its longer side is `long_side`, both sides rounded to a multiple of `multiple`."""
         x0, y0, x1, y1 = box
         bw, bh = x1 - x0, y1 - y0
