@@ -25,6 +25,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlch
 from sqlalchemy.orm import Session, sessionmaker
 
 from .db import Click, Image, InteractionSession, ModelVersion, PredictedMask, Project
+from .db.engine import conflict_free_insert
 from .masks import CocoRle
 
 log = logging.getLogger(__name__)
@@ -318,17 +319,6 @@ class Resolver:
         columns = [getattr(model, c) for c in key_columns]
         condition = columns[0].in_([k[0] for k in keys]) if len(columns) == 1 else tuple_(*columns).in_(keys)
         return {tuple(row[:-1]): row[-1] for row in self.session.execute(select(*columns, model.id).where(condition))}
-
-
-def conflict_free_insert(session: Session, model, key_columns: list[str]):
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as dialect_insert
-    elif dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert as dialect_insert
-    else:
-        raise NotImplementedError(f"recording on {dialect} is not supported: use SQLite or PostgreSQL")
-    return dialect_insert(model).on_conflict_do_nothing(index_elements=key_columns)
 
 
 def first_line(exc: BaseException) -> str:

@@ -17,6 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from .db import ModelVersion, Project, utcnow
+from .db.engine import conflict_free_insert
 
 BASE_NAME = "base"
 
@@ -35,11 +36,13 @@ class Serving:
 
 
 def ensure_base(session: Session, name: str = BASE_NAME) -> ModelVersion:
+    """The base version's row, added on first use. The recorder (naming the version of each click it writes) and a
+    fine-tuning job can both be first at the same moment, so the row is inserted only if its name is still free."""
     row = session.scalar(select(ModelVersion).where(ModelVersion.name == name))
     if row is None:
-        row = ModelVersion(name=name, project_id=None, checkpoint_uri=None, status="promoted", promoted_at=utcnow())
-        session.add(row)
-        session.flush()
+        session.execute(conflict_free_insert(session, ModelVersion, ["name"]), [
+            {"name": name, "project_id": None, "checkpoint_uri": None, "status": "promoted", "promoted_at": utcnow()}])
+        row = session.scalar(select(ModelVersion).where(ModelVersion.name == name))
     return row
 
 

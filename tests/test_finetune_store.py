@@ -231,3 +231,25 @@ def test_corrupt_stored_masks_are_left_out_of_a_job(caplog):
     (kept,) = loaded.objects
     assert kept.box == (5, 5, 12, 10) and kept.mask.all()
     assert caplog.text.count("is left out") == 3
+
+
+def test_the_base_row_is_found_when_another_writer_added_it_after_this_one_looked(session_factory):
+    """The recorder names the version of every click it writes, so it may add the base's row between a job's look
+    for it and the job's insert: the job must take that row, not fail on the name."""
+    with session_factory.begin() as s:
+        s.add(ModelVersion(name="tiny", status="unknown"))  # what the recorder writes for a version it meets
+    with session_factory.begin() as s:
+        looked = []
+        real_scalar = s.scalar
+
+        def scalar(statement, *args, **kwargs):  # the first look happened just before the other writer's insert
+            if not looked:
+                looked.append(statement)
+                return None
+            return real_scalar(statement, *args, **kwargs)
+
+        s.scalar = scalar
+        row = registry.ensure_base(s, "tiny")
+        assert looked and row.name == "tiny"
+    with session_factory() as s:
+        assert s.scalars(select(ModelVersion.name)).all() == ["tiny"]

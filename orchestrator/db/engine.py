@@ -47,3 +47,15 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     # expire_on_commit=False: objects stay readable after the short transactions the recorder and events use.
     return sessionmaker(engine, expire_on_commit=False)
+
+
+def conflict_free_insert(session: Session, model, key_columns: list[str]):
+    """INSERT that skips rows whose key is taken: a row that several writers may create at the same moment."""
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+    elif dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert
+    else:
+        raise NotImplementedError(f"recording on {dialect} is not supported: use SQLite or PostgreSQL")
+    return dialect_insert(model).on_conflict_do_nothing(index_elements=key_columns)
