@@ -50,7 +50,7 @@ from orchestrator.masks import encode  # noqa: E402
 from orchestrator.recorder import ClickRecord, Recorder  # noqa: E402
 from store_support import create_database, drop_database, postgres_server_url  # noqa: E402
 
-H, W = 480, 854  # the size DESIGN.md measured brush RLE on
+H, W = 480, 854  # a DAVIS frame
 
 
 def blob_mask(i: int) -> np.ndarray:

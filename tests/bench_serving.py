@@ -98,7 +98,7 @@ def regions_for(script: ObjectScript, k: int, tag: str) -> list[dict]:
 
 
 def predict_body(script: ObjectScript, image_url: str, task_id: int, k: int, tag: str) -> dict:
-    """An interactive /predict body in the shape Label Studio 1.23.2 sends (PROTOCOL.md)."""
+    """An interactive /predict body in the shape Label Studio 1.23.2 sends (the recorded request the tests replay)."""
     return {
         "tasks": [{"id": task_id, "data": {"image": image_url}, "annotations": [], "drafts": [], "predictions": [],
                    "meta": {}, "created_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-01T00:00:00Z",

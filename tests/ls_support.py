@@ -5,8 +5,9 @@ directory, and driven through its HTTP API the way its UI drives it.
 The install lives outside the checkout, in $CLICKMASK_LS_CACHE or ~/.cache/clickmask/label-studio-<version>-<lock hash>,
 and is reused when its marker file exists (written only after a successful install). It takes the exact versions of
 label-studio.lock beside this file, so a change to the lock is a new install; `bash tests/run --refresh-pins` sets
-CLICKMASK_LS_UNLOCKED=1 to resolve the newest versions that label-studio.in allows instead. See PROTOCOL.md in
-shared/ for the measured behaviour this follows (environment variables, token exchange, interactive-annotating).
+CLICKMASK_LS_UNLOCKED=1 to resolve the newest versions that label-studio.in allows instead. What it relies on was
+measured on Label Studio 1.23.2: the environment variables below, the token exchange (integrations/label_studio/
+auth.py) and the interactive-annotating requests (the recorded bodies the tests replay).
 """
 from __future__ import annotations
 
@@ -128,7 +129,7 @@ class LabelStudio:
             LABEL_STUDIO_PASSWORD=password,
             LABEL_STUDIO_BASE_DATA_DIR=str(data_dir),
             LABEL_STUDIO_LATEST_VERSION_CHECK="false",
-            # The backends under test listen on loopback: both switches are needed (PROTOCOL.md).
+            # The backends under test listen on loopback: Label Studio 1.23.2 refuses such URLs unless both are off.
             LABEL_STUDIO_ML_BLOCK_LOCAL_IP="false",
             LABEL_STUDIO_SSRF_PROTECTION_ENABLED="false",
             PYTHONUNBUFFERED="1",
@@ -233,7 +234,7 @@ class LabelStudio:
 
     def set_webhook_auth(self, project_id: int, backend_url: str, basic_auth: tuple[str, str]) -> int:
         """Label Studio creates a project webhook at <backend>/webhook when a backend is added, but sends it without
-        auth: give it the backend's Basic auth header (PROTOCOL.md). Returns the webhook id."""
+        auth: give it the backend's Basic auth header. Returns the webhook id."""
         import base64
 
         target = backend_url.rstrip("/") + "/webhook"

@@ -2,7 +2,7 @@
 
 The config XML comes with every request, so it is untrusted: it is parsed with defusedxml (no DOCTYPE, no entity,
 no external reference) after a size check, and only tag names and a few attributes are read. Expected shape (the
-standard config in shared/label_studio/PROTOCOL.md):
+labeling config that `clickmask serve` prints and the README shows):
 
     <Image name="image" value="$image"/>                       -> image_name "image", image_key "image"
     <BrushLabels name="tag" toName="image"><Label value=.../>  -> the control the answers are written to

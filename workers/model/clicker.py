@@ -4,7 +4,7 @@ current prediction.
 Conventions: masks are H x W bool arrays at the image's size; a click is at pixel (x, y), x the column and y the
 row, integers in image pixels (see clicks.Click).
 
-Rule (DESIGN.md, "Evaluation"): take the false-negative and the false-positive regions of the prediction, leaving
+Rule (the standard NoC protocol): take the false-negative and the false-positive regions of the prediction, leaving
 out ignored pixels; take the Euclidean distance transform of each, computed on the region padded by one pixel of
 background so that the image border counts as a boundary; zero it at pixels already clicked; the region with the
 larger maximum gives the sign (a tie gives a negative click) and the click goes at that maximum (the first such

@@ -1,4 +1,5 @@
-"""The NoC evaluation protocol (DESIGN.md, "Evaluation"), the same for every predictor.
+"""The NoC evaluation protocol of interactive segmentation (as in RITM and its successors), the same for every
+predictor.
 
 For each object (one mask file) of a dataset folder: up to `max_clicks` clicks placed by clicker.Clicker, each
 followed by `predictor.predict(clicks, prev)` with the previous Prediction fed back; the mask (prob > 0.49) is scored
