@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 from pycocotools import mask as coco_mask
 
-from orchestrator.masks import MAX_PIXELS, MaskError
+from integrations.masks import MAX_PIXELS, MaskError
 
 MAX_COUNT_CHARS = 7  # 7 chars of 5 bits hold any 32-bit run length; longer means garbage
 

@@ -16,7 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from .db import Annotation, Image, Project, TrainingJob, utcnow
-from .events import fits
+from integrations.label_studio.webhooks import fits
 
 ACTIVE = ("queued", "running")
 

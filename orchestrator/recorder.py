@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from .db import Click, Image, InteractionSession, ModelVersion, PredictedMask, Project
 from .db.engine import conflict_free_insert
-from .masks import CocoRle
+from integrations.masks import CocoRle
 
 log = logging.getLogger(__name__)
 

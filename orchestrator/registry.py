@@ -11,6 +11,7 @@ plain registry updates: no redeploy, no restart.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from sqlalchemy import select
@@ -33,6 +34,11 @@ class Serving:
     name: str
     checkpoint_key: str | None
     version_id: int | None = None
+
+
+def base_version_name(model: str) -> str:
+    """The registry name of the checkpoint served as the base: "base" for the bundled one, else its file name."""
+    return "base" if model == "base" else os.path.basename(model)
 
 
 def ensure_base(session: Session, name: str = BASE_NAME) -> ModelVersion:

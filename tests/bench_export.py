@@ -48,7 +48,7 @@ def fill(url: str, count: int, ls_project_id: int) -> float:
     from sqlalchemy import insert
 
     from orchestrator.db import Annotation, AnnotationMask, Image, Project, make_engine
-    from orchestrator.masks import encode
+    from integrations.masks import encode
 
     rles = [encode(blob_mask(i)) for i in range(64)]
     t0, start = datetime(2026, 1, 1, tzinfo=UTC), time.perf_counter()
@@ -88,7 +88,7 @@ def fill(url: str, count: int, ls_project_id: int) -> float:
 
 def child(url: str, ls_project_id: int, out: str, options: list[str]) -> None:
     """Runs in the measured subprocess: one export, its wall time printed as JSON."""
-    from integrations.coco_export import export_coco
+    from orchestrator.coco_export import export_coco
     from orchestrator.db import make_engine, make_session_factory
 
     engine = make_engine(url)

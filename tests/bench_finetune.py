@@ -297,7 +297,7 @@ def main() -> int:
 
 def in_process(args, report: dict, fed, objects, base_path: str, server, root: Path) -> int:
     from integrations.images import ImageSettings
-    from orchestrator.masks import encode
+    from integrations.masks import encode
     from workers.finetune import AnnotatedImage, FinetuneSpec, finetune, split_by_image
     from workers.model.datasets import read_mask
 

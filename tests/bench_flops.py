@@ -32,7 +32,7 @@ def ingress_work(masks: list[np.ndarray]) -> tuple[list[float], list[float]]:
     from integrations.label_studio import protocol
     from integrations.label_studio.labeling_config import parse_label_config
     from ls_support import STANDARD_CONFIG
-    from orchestrator.masks import encode
+    from integrations.masks import encode
 
     config = parse_label_config(STANDARD_CONFIG)
     brush, coco = [], []

@@ -46,7 +46,7 @@ from sqlalchemy import func, select  # noqa: E402
 
 from migrations import alembic_config  # noqa: E402
 from orchestrator.db import Click, PredictedMask, make_engine, make_session_factory  # noqa: E402
-from orchestrator.masks import encode  # noqa: E402
+from integrations.masks import encode  # noqa: E402
 from orchestrator.recorder import ClickRecord, Recorder  # noqa: E402
 from store_support import create_database, drop_database, postgres_server_url  # noqa: E402
 

@@ -247,7 +247,7 @@ def wait_for_annotations(stack, project: int, count: int, timeout_s: float = 90.
     from sqlalchemy import select
 
     from orchestrator.db import Annotation, AnnotationMask, Project
-    from orchestrator.masks import CocoRle, decode
+    from integrations.masks import CocoRle, decode
 
     deadline = time.monotonic() + timeout_s
     while True:

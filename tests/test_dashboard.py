@@ -14,7 +14,7 @@ import pytest
 from finetune_support import T0, annotation_body
 from orchestrator.dashboard.figures import ACCEPT_IOU, compute, projects
 from orchestrator.dashboard.page import CHARTS, render_index, render_project
-from orchestrator.masks import encode
+from integrations.masks import encode
 
 PROJECT = 7
 H, W = 48, 64

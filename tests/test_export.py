@@ -14,7 +14,7 @@ from pycocotools.coco import COCO
 from integrations.coco import check_counts, outer_polygons
 from orchestrator.cli import main
 from orchestrator.db import Annotation, AnnotationMask, Image, Project
-from orchestrator.masks import MaskError, encode
+from integrations.masks import MaskError, encode
 
 H, W = 37, 53  # odd and not square, so a transposed or shifted mask cannot pass
 LABELS = ("Cat", "Dog", "Bird")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from workers.finetune import InferenceFrames, framing_for
+from workers.model.framing import InferenceFrames, framing_for
 from workers.model.data import LoadedImage, _object
 
 
@@ -48,7 +48,7 @@ def frames_of(first_side: int, n: int = 200) -> list[np.ndarray]:
     generator = InferenceFrames([[image]], size=256, first_side=first_side, zoom_prob=0.0)
     rng = np.random.default_rng(0)
     target = image.objects[0].paste(image.rgb.shape[:2])
-    return [generator._frame(rng, target, image.rgb.shape[:2]) for _ in range(n)]
+    return [generator.frame(rng, target, image.rgb.shape[:2]) for _ in range(n)]
 
 
 def test_first_click_frames_show_the_object_in_a_box_of_the_chosen_side():

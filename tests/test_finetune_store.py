@@ -216,7 +216,7 @@ def test_the_scheduler_that_clickmask_serve_starts_runs_queued_jobs_and_records_
 
 def test_corrupt_stored_masks_are_left_out_of_a_job(caplog):
     """RLE read back from the database is checked before pycocotools decodes it (it trusts the runs)."""
-    from orchestrator.masks import encode
+    from integrations.masks import encode
     from workers.finetune import AnnotatedImage, _loaded
 
     class OneImage:  # the job's image fetcher, for an image that is not the point here

@@ -24,8 +24,8 @@ from integrations.coco import decode as coco_decode
 from integrations.label_studio import protocol
 from integrations.label_studio.errors import ProtocolError
 from integrations.label_studio.labeling_config import parse_label_config
-from orchestrator.events import Rejected, parse_annotation, parse_deleted_ids, parse_project
-from orchestrator.masks import MaskError, brush_to_mask, decode, decode_brush, encode
+from integrations.label_studio.webhooks import Rejected, parse_annotation, parse_deleted_ids, parse_project
+from integrations.masks import MaskError, brush_to_mask, decode, decode_brush, encode
 
 # Small and quick: no example database, hypothesis's caches outside the checkout, no per-example deadline (the
 # machine may be busy).

@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 
 from orchestrator.db import Annotation, AnnotationMask, Image, Project
 from orchestrator.events import handle_event
-from orchestrator.masks import CocoRle, brush_to_mask, decode
+from integrations.masks import CocoRle, brush_to_mask, decode
 
 IMAGE_URI = "/data/upload/1/24d941ba-img2.png"
 

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from label_studio_sdk.converter.brush import mask2rle
 
-from orchestrator.masks import MaskError, brush_to_mask, decode, encode
+from integrations.masks import MaskError, brush_to_mask, decode, encode
 
 
 @pytest.mark.parametrize("dtype", [bool, np.uint8, np.float32, np.int64])

@@ -9,7 +9,7 @@ from sqlalchemy import create_engine, func, select, text
 
 from orchestrator.db import Click, Image, InteractionSession, ModelVersion, PredictedMask, make_engine
 from orchestrator.db import make_session_factory
-from orchestrator.masks import CocoRle, decode, encode
+from integrations.masks import CocoRle, decode, encode
 from orchestrator.recorder import ClickRecord, Recorder
 
 T0 = datetime(2026, 11, 25, 8, 0, tzinfo=UTC)

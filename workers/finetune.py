@@ -4,7 +4,7 @@ parent and candidate on the validation images with the NoC protocol, and put the
 Small objects (nuclei are about 19 px across) are where a domain differs most from the base data: the predictor's
 first click sees the whole image and its zoom-in crop is at least `zoom_min_side` px, both of which leave such an
 object a few network pixels wide, while the base model was trained on zoom-in frames that show an object at 1.3 to
-2.2 times its size. So the job frames the domain by the size of its training objects (`framing_for`): the largest
+2.2 times its size. So the job frames the domain by the size of its training objects (`model/framing.py`): the largest
 zoom-in floor that the median object still spans a quarter of, and for objects under an eighth of their image a
 first click that sees a box of twice that floor around it instead of the whole image. It trains on frames laid out
 as the predictor will then frame them (InferenceFrames) and stores the framing in the candidate's predictor
@@ -33,8 +33,9 @@ import numpy as np
 from integrations.images import ImageFetcher, ImageSettings
 from integrations.objectstore import open_store
 from workers.model.checkpoint import BASE_CHECKPOINT, load_checkpoint
-from workers.model.data import LoadedImage, SampleGenerator, _object
+from workers.model.data import LoadedImage, _object
 from workers.model.evaluator import EvalResult, ObjectResult, evaluate_object
+from workers.model.framing import InferenceFrames, framing_for
 from workers.model.predictor import PredictorConfig, load_predictor
 from workers.model.train import TrainConfig, train
 
@@ -141,48 +142,6 @@ def validate(predictor, images: list[tuple[np.ndarray, list[np.ndarray]]], max_c
     return {k: None if isinstance(v, float) and v != v else v for k, v in result.summary().items()}
 
 
-def framing_for(images: list[LoadedImage], own_floor: int, floors: tuple[int, ...]) -> dict:
-    """The predictor's framing for a domain, from the size of its objects (the longer side of each one's box):
-    the largest zoom-in floor (the parent's own or one of `floors`) that the median object spans at least a quarter
-    of, else the smallest; and a first-click box of twice that floor when the median object is under an eighth of
-    its image's longer side (0: the first click sees the whole image). Returns the settings with the medians."""
-    sides, image_sides = np.array([(max(o.box[2] - o.box[0], o.box[3] - o.box[1]), max(im.rgb.shape[:2]))
-                                   for im in images for o in im.objects], float).T
-    median, fraction = float(np.median(sides)), float(np.median(sides / image_sides))
-    fitting = [f for f in {own_floor, *floors} if 4 * median >= f]
-    floor = max(fitting) if fitting else min(own_floor, *floors)
-    return {"zoom_min_side": int(floor), "first_click_side": int(2 * floor) if fraction < 1 / 8 else 0,
-            "median_object_px": median, "median_object_fraction": fraction}
-
-
-class InferenceFrames(SampleGenerator):
-    """Training frames laid out as the predictor frames an object: mostly a zoom-in crop (the object's box
-    enlarged, at least `min_side` px), else what the first click sees: the whole image, or with `first_side` a box
-    of that side around a point inside the object."""
-
-    def __init__(self, folders, size: int = 256, min_side: int = 200, first_side: int = 0, zoom_prob: float = 0.7):
-        super().__init__(folders, size=size, zoom_prob=zoom_prob)
-        self.min_side, self.first_side = min_side, first_side
-
-    def _frame(self, rng: np.random.Generator, target: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-        ys, xs = np.nonzero(target)
-        bw, bh = xs.max() + 1 - xs.min(), ys.max() + 1 - ys.min()
-        cx, cy = (xs.min() + xs.max() + 1) / 2, (ys.min() + ys.max() + 1) / 2
-        if rng.random() < self.zoom_prob:
-            side = max(max(bw, bh) * rng.uniform(1.2, 1.8), self.min_side * rng.uniform(0.8, 1.2))
-            cx, cy = cx + rng.uniform(-0.2, 0.2) * side, cy + rng.uniform(-0.2, 0.2) * side
-        elif self.first_side:
-            side = min(max(shape), self.first_side * rng.uniform(0.9, 1.1))
-            cx, cy = cx + rng.uniform(-0.2, 0.2) * bw, cy + rng.uniform(-0.2, 0.2) * bh
-        else:
-            side = max(shape) * rng.uniform(0.9, 1.1)
-            cx = shape[1] / 2 + rng.uniform(-0.05, 0.05) * side
-            cy = shape[0] / 2 + rng.uniform(-0.05, 0.05) * side
-        scale = self.size / side
-        sx = -scale if rng.random() < 0.5 else scale  # mirrored half the time
-        return np.array([[sx, 0, self.size / 2 - sx * cx], [0, scale, self.size / 2 - scale * cy]], np.float64)
-
-
 def split_by_image(uris: list[str], val_percent: int) -> tuple[list[str], list[str]]:
     """Deterministic train/validation split by image: an image is for validation when a hash of its URI falls in
     the first `val_percent` of 100 buckets. The same image always lands on the same side, so later jobs (with more
@@ -204,7 +163,7 @@ def split_by_image(uris: list[str], val_percent: int) -> tuple[list[str], list[s
 
 def _loaded(fetcher: ImageFetcher, item: AnnotatedImage, min_area: int) -> LoadedImage:
     from integrations.coco import check_counts, decode
-    from orchestrator.masks import MaskError
+    from integrations.masks import MaskError
 
     rgb = np.ascontiguousarray(fetcher.fetch(item.uri))
     objects = []

@@ -26,7 +26,7 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from sqlalchemy.exc import SQLAlchemyError
 
-    from integrations.coco_export import ExportError, export_coco
+    from orchestrator.coco_export import ExportError, export_coco
     from orchestrator.db import make_engine, make_session_factory
     from orchestrator.settings import Settings
 

@@ -28,7 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from orchestrator import registry
-    from orchestrator.commands.serve import base_version_name, migrate
+    from orchestrator.commands.serve import migrate
+    from orchestrator.registry import base_version_name
     from orchestrator.db import make_engine, make_session_factory
     from orchestrator.settings import Settings
 

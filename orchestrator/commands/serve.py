@@ -21,42 +21,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default=os.environ.get("CLICKMASK_HOST", "127.0.0.1"),
                    help="address to listen on (default 127.0.0.1; 0.0.0.0 to reach it from other machines)")
     p.add_argument("--port", type=int, default=int(os.environ.get("CLICKMASK_PORT", "9090")))
-    p.add_argument("--model", default=os.environ.get("CLICKMASK_MODEL", "base"),
-                   help="checkpoint to serve: base (bundled) or a path")
-    p.add_argument("--replicas", type=int, default=int(os.environ.get("CLICKMASK_REPLICAS", "1")))
-    p.add_argument("--max-replicas", type=int, default=int(os.environ.get("CLICKMASK_MAX_REPLICAS", "0")),
-                   help="autoscale up to this many replicas under load (default: fixed --replicas)")
-    p.add_argument("--ingress-replicas", type=int, default=int(os.environ.get("CLICKMASK_INGRESS_REPLICAS", "1")),
-                   help="HTTP ingress replicas (about one per 50 clicks/s; orchestrator/deploy/scaling.md)")
-    gpus = os.environ.get("CLICKMASK_GPUS_PER_REPLICA", "").strip()
-    p.add_argument("--gpus-per-replica", type=float, default=float(gpus) if gpus else None,
-                   help="GPUs (or a fraction) each replica asks for (default: one when the cluster has GPUs)")
+    # Defaults are None: the CLICKMASK_* variable, else its default, comes in where a flag is not given
+    # (orchestrator.serving.app.config_from_env, which the Serve config's builders use too).
+    p.add_argument("--model", help="checkpoint to serve: base (bundled) or a path (CLICKMASK_MODEL)")
+    p.add_argument("--replicas", type=int, help="model replicas (CLICKMASK_REPLICAS, default 1)")
+    p.add_argument("--max-replicas", type=int,
+                   help="autoscale up to this many replicas under load (CLICKMASK_MAX_REPLICAS; default: fixed)")
+    p.add_argument("--ingress-replicas", type=int,
+                   help="HTTP ingress replicas, about one per 50 clicks/s (CLICKMASK_INGRESS_REPLICAS, default 1)")
+    p.add_argument("--gpus-per-replica", type=float,
+                   help="GPUs (or a fraction) each replica asks for (CLICKMASK_GPUS_PER_REPLICA; default: one "
+                        "when the cluster has GPUs)")
     p.add_argument("--no-db", action="store_true", help="do not record clicks and annotations")
     p.set_defaults(handler=run)
 
 
 def serve_config(args: argparse.Namespace):
-    from integrations.images import ImageSettings
-    from orchestrator.serving.app import ServeConfig
-    from orchestrator.settings import Settings
+    from orchestrator.serving.app import config_from_env
 
-    settings = Settings.from_env()
-    user, password = os.environ.get("CLICKMASK_BASIC_AUTH_USER"), os.environ.get("CLICKMASK_BASIC_AUTH_PASSWORD")
-    if bool(user) != bool(password):
-        raise SystemExit("set both CLICKMASK_BASIC_AUTH_USER and CLICKMASK_BASIC_AUTH_PASSWORD, or neither")
-    return settings, ServeConfig(
-        checkpoint=args.model, model_version=base_version_name(args.model),
-        replicas=args.replicas, max_replicas=args.max_replicas or None, gpus_per_replica=args.gpus_per_replica,
-        ingress_replicas=args.ingress_replicas,
-        images=ImageSettings.from_env(), database_url=None if args.no_db else settings.database_url,
-        basic_auth=(user, password) if user else None, store_url=settings.store_url,
-        s3_endpoint_url=settings.s3_endpoint_url, recorder_queue_size=settings.recorder_queue_size,
-    )
-
-
-def base_version_name(model: str) -> str:
-    """The registry name of the checkpoint served as the base: "base" for the bundled one, else its file name."""
-    return "base" if model == "base" else os.path.basename(model)
+    return config_from_env(model=args.model, replicas=args.replicas, max_replicas=args.max_replicas,
+                           ingress_replicas=args.ingress_replicas, gpus_per_replica=args.gpus_per_replica,
+                           record=not args.no_db)
 
 
 def migrate(database_url: str) -> None:

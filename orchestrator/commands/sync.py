@@ -24,7 +24,7 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from sqlalchemy.exc import SQLAlchemyError
 
-    from integrations.label_studio.sync import SyncError, make_client, sync_project
+    from orchestrator.sync import SyncError, make_client, sync_project
     from orchestrator.commands.export import database_problem
     from orchestrator.db import make_engine, make_session_factory
     from orchestrator.settings import Settings, SettingsError

@@ -25,6 +25,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from integrations.label_studio.webhooks import NAME_LENGTH, URI_LENGTH
+
 from .types import UTCDateTime, utcnow
 
 # Fixed constraint names, so migrations can refer to them and SQLite and PostgreSQL agree.
@@ -34,8 +36,6 @@ NAMING = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
-URI_LENGTH = 2048
-NAME_LENGTH = 255
 
 
 class Base(DeclarativeBase):

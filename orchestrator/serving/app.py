@@ -1,11 +1,15 @@
 """Assembly of the Ray Serve application: the ingress bound to the model deployment."""
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from integrations.images import ImageSettings
 from integrations.label_studio.protocol import MAX_BODY_BYTES
 from orchestrator.placement import cluster_resources, ingress_options, replica_actor_options
+from orchestrator.registry import base_version_name
+from orchestrator.settings import Settings, SettingsError
 from workers.serving import ClickModel
 
 from .ingress import Backend, IngressOptions
@@ -35,6 +39,40 @@ class ServeConfig:
     basic_auth: tuple[str, str] | None = field(default=None, repr=False)
     max_body_bytes: int = MAX_BODY_BYTES  # largest request body the ingress reads
     recorder_queue_size: int = 10_000  # per ingress: clicks waiting to be written before new ones are dropped
+
+
+def config_from_env(env: Mapping[str, str] | None = None, model: str | None = None, replicas: int | None = None,
+                    max_replicas: int | None = None, ingress_replicas: int | None = None,
+                    gpus_per_replica: float | None = None, record: bool = True) -> tuple[Settings, ServeConfig]:
+    """The settings and the deployment that `clickmask serve` runs, from the CLICKMASK_* variables; the command's
+    flags, where given (not None), take the place of theirs. The Serve config's builders (entrypoint.py) call it
+    with none, so a deployed cluster serves what `clickmask serve` would with the same variables."""
+    env = os.environ if env is None else env
+
+    def number(name: str, kind, given, default):
+        if given is not None:
+            return given
+        raw = env.get(name, "").strip()
+        try:
+            return kind(raw) if raw else default
+        except ValueError:
+            raise SettingsError(f"{name} must be a number, not {raw!r}") from None
+
+    settings = Settings.from_env(env)
+    user, password = env.get("CLICKMASK_BASIC_AUTH_USER"), env.get("CLICKMASK_BASIC_AUTH_PASSWORD")
+    if bool(user) != bool(password):
+        raise SettingsError("set both CLICKMASK_BASIC_AUTH_USER and CLICKMASK_BASIC_AUTH_PASSWORD, or neither")
+    model = model or env.get("CLICKMASK_MODEL", "").strip() or "base"
+    return settings, ServeConfig(
+        checkpoint=model, model_version=base_version_name(model),
+        replicas=number("CLICKMASK_REPLICAS", int, replicas, 1),
+        max_replicas=number("CLICKMASK_MAX_REPLICAS", int, max_replicas, 0) or None,
+        gpus_per_replica=number("CLICKMASK_GPUS_PER_REPLICA", float, gpus_per_replica, None),
+        ingress_replicas=number("CLICKMASK_INGRESS_REPLICAS", int, ingress_replicas, 1),
+        images=ImageSettings.from_env(env), database_url=settings.database_url if record else None,
+        basic_auth=(user, password) if user else None, store_url=settings.store_url,
+        s3_endpoint_url=settings.s3_endpoint_url, recorder_queue_size=settings.recorder_queue_size,
+    )
 
 
 def build_app(config: ServeConfig, cluster: dict[str, float] | None = None):

@@ -10,10 +10,9 @@ from orchestrator.placement import cluster_resources, stable_node_options
 
 
 def _settings():
-    from orchestrator.cli import build_parser
-    from orchestrator.commands.serve import serve_config
+    from .app import config_from_env
 
-    return serve_config(build_parser().parse_args(["serve"]))
+    return config_from_env()
 
 
 def backend(args: dict | None = None):

@@ -281,7 +281,7 @@ class Backend:
     def _record(self, parsed, task, obj, clicks, answer: SegmentResult, mask: np.ndarray, total_ms: float):
         if self.recorder is None or not clicks:
             return
-        from orchestrator.masks import encode
+        from integrations.masks import encode
         from orchestrator.recorder import ClickRecord
 
         pid = project_id(parsed.project)

@@ -107,7 +107,7 @@ class SampleGenerator:
                 others[y0:y1, x0:x1] |= o.mask
         others &= ~target
 
-        matrix = self._frame(rng, target, (h, w))
+        matrix = self.frame(rng, target, (h, w))
         size = self.size
         rgb = cv2.warpAffine(item.rgb, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
         warp = lambda m: cv2.warpAffine(m.astype(np.uint8) * 255, matrix, (size, size), flags=cv2.INTER_LINEAR) > 127
@@ -118,8 +118,9 @@ class SampleGenerator:
         o = warp(others)
         return Sample(rgb, t, o, initial_clicks(rng, t, o))
 
-    def _frame(self, rng: np.random.Generator, target: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-        """2 x 3 affine matrix from image pixels to the sample frame (scale, shift, optional mirror)."""
+    def frame(self, rng: np.random.Generator, target: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+        """2 x 3 affine matrix from image pixels to the sample frame (scale, shift, optional mirror). A generator
+        that frames objects another way (framing.InferenceFrames) overrides this."""
         ys, xs = np.nonzero(target)
         bx0, by0, bx1, by1 = xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
         cx, cy = (bx0 + bx1) / 2, (by0 + by1) / 2

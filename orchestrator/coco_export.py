@@ -29,8 +29,9 @@ from tqdm import tqdm
 from integrations import coco
 from integrations.label_studio.errors import LabelConfigError
 from integrations.label_studio.labeling_config import parse_label_config
-from orchestrator.db import Annotation, AnnotationMask, Image, Project
-from orchestrator.masks import MaskError
+from integrations.masks import MaskError
+
+from .db import Annotation, AnnotationMask, Image, Project
 
 CHUNK = 1000
 MAX_MESSAGES = 20  # skip messages printed one by one; the rest are only counted

@@ -1,7 +1,7 @@
 """`clickmask sync`: every annotation of a Label Studio project into the database, through label-studio-sdk.
 
 For projects started before the backend was connected, and for webhooks that were missed. Each annotation goes
-through the same parsing and applying as an ANNOTATION_UPDATED webhook (orchestrator.events), so both paths store
+through the same parsing and applying as an ANNOTATION_UPDATED webhook (events.py), so both paths store
 the same thing and share the rules: an annotation is written only if Label Studio's `updated_at` is newer than the
 stored one (running sync twice changes nothing; an annotation edited in Label Studio is replaced), and a deleted
 annotation stays deleted.
@@ -26,19 +26,17 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from tqdm import tqdm
 
-from orchestrator.db import Annotation, Project
-from orchestrator.events import (
+from integrations.label_studio.webhooks import (
     DELETED,
     MAX_DELETED_IDS,
     UPDATED,
     Rejected,
-    apply_annotation,
-    apply_deletions,
-    get_project,
     parse_annotation,
     parse_project,
-    run_in_transaction,
 )
+
+from .db import Annotation, Project
+from .events import apply_annotation, apply_deletions, get_project, run_in_transaction
 
 PAGE_SIZE = 100
 MAX_MESSAGES = 20
