@@ -26,6 +26,8 @@ import numpy as np
 import requests
 import urllib3
 
+from workers.model.image import MAX_PIXELS
+
 from .image_header import image_size
 from .label_studio.auth import LabelStudioAuth, LabelStudioAuthError
 
@@ -45,7 +47,7 @@ class ImageSettings:
     allowed_buckets: tuple[str, ...] = ()
     s3_endpoint_url: str | None = None
     max_image_bytes: int = 50 * 1024 * 1024
-    max_image_pixels: int = 50_000_000
+    max_image_pixels: int = MAX_PIXELS  # the model's own cap (workers.model.image)
     cache_bytes: int = 512 * 1024 * 1024
     timeout_s: float = 30.0
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 from pycocotools import mask as coco_mask
 
-MAX_PIXELS = 50_000_000  # the same cap as the model's images
+from workers.model.image import MAX_PIXELS  # a mask is capped as its image is
 
 
 class MaskError(ValueError):

@@ -174,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     from orchestrator.placement import INGRESS_RESOURCE, REPLICA_RESOURCE
     from orchestrator.ray_runtime import WORKER_ENV
     from orchestrator.serving.app import ServeConfig, build_app
-    from store_support import create_database, drop_database, free_port, postgres_server_url
+    from store_support import create_database, drop_database, postgres_server_url
+    from support import free_port
 
     os.environ.update(WORKER_ENV)  # the raylets, and so every worker, inherit these
     # A private Ray temp dir: the cluster writes its address file there, never into a Ray of the machine's.

@@ -39,8 +39,9 @@ import requests
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-DATA = HERE.parents[1] / "shared" / "datasets" / "domain" / "dsb2018_nuclei"
-REQUESTS = HERE.parents[1] / "shared" / "label_studio" / "requests"
+from support import DATASETS, SHARED  # noqa: E402
+DATA = DATASETS / "domain" / "dsb2018_nuclei"
+REQUESTS = SHARED / "label_studio" / "requests"
 PROJECT = 5
 
 
@@ -169,7 +170,7 @@ def main() -> int:
     from orchestrator.scheduler import RunnerConfig, Scheduler
     from orchestrator.serving.app import ServeConfig, build_app
     from orchestrator.settings import FinetuneSettings
-    from store_support import free_port
+    from support import free_port
     from workers.model.datasets import read_mask
 
     report: dict = {"args": {k: str(v) for k, v in vars(args).items()}}

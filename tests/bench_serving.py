@@ -47,9 +47,10 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ls_support import STANDARD_CONFIG, free_port, smart_keypoint  # noqa: E402
+from ls_support import STANDARD_CONFIG, smart_keypoint  # noqa: E402
+from support import DATASETS, free_port  # noqa: E402
 
-DAVIS = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "eval" / "davis345"
+DAVIS = DATASETS / "eval" / "davis345"
 BARS = {"backend_p95_ms": 80.0, "clicks_per_s_8": 15.0, "errors": 0}
 APP = "bench"
 

@@ -15,7 +15,6 @@ import os
 import sys
 import tempfile
 import threading
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -26,20 +25,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from conftest import REQUESTS  # noqa: E402
 from finetune_support import disk_images, predict_body, tiny_checkpoint  # noqa: E402
 from image_server import ImageServer  # noqa: E402
-from store_support import free_port  # noqa: E402
+from support import free_port, wait_for  # noqa: E402
 
 APP = "nodes"
 ANNOTATORS = 4
 SIZE = (128, 96)
 START_TIMEOUT_S = 300.0
-
-
-def wait_for(predicate, what: str, timeout: float = START_TIMEOUT_S) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        time.sleep(0.5)
 
 
 class Annotator(threading.Thread):
@@ -109,12 +100,12 @@ def main(work: Path) -> dict:
             nodes_seen.add(model.stats.remote().result()["node"])
             return len(nodes_seen) == 2
 
-        wait_for(both_nodes_serve, "a replica on each node")
+        wait_for(both_nodes_serve, "a replica on each node", START_TIMEOUT_S)
         annotators = [Annotator(f"http://127.0.0.1:{port}/predict", images.url(name), template, f"a{i}")
                       for i, name in enumerate(names)]
         for a in annotators:
             a.start()
-        wait_for(lambda: all(len(a.outcomes) >= 8 for a in annotators), "clicks before the node goes")
+        wait_for(lambda: all(len(a.outcomes) >= 8 for a in annotators), "clicks before the node goes", START_TIMEOUT_S)
         held: dict[str, int] = {}  # node -> images its replica holds (the router spreads images over replicas)
 
         def both_replicas_seen() -> bool:
@@ -122,18 +113,18 @@ def main(work: Path) -> dict:
             held[stats["node"]] = stats["images"]
             return len(held) == 2
 
-        wait_for(both_replicas_seen, "both replicas' stats")
+        wait_for(both_replicas_seen, "both replicas' stats", START_TIMEOUT_S)
         for a in annotators:
             a.phase = "during"
         cluster.remove_node(worker, allow_graceful=False)
         # Until every annotator has had 8 good answers after the loss, however long Ray takes to notice it.
         after = [len(a.outcomes) for a in annotators]
         wait_for(lambda: all(sum(1 for _, e in a.outcomes[n:] if e is None) >= 8 for a, n in zip(annotators, after)),
-                 "answers after the node went")
+                 "answers after the node went", START_TIMEOUT_S)
         for a in annotators:
             a.phase = "after"
         wait_for(lambda: all(sum(1 for p, _ in a.outcomes if p == "after") >= 8 for a in annotators),
-                 "clicks once recovered")
+                 "clicks once recovered", START_TIMEOUT_S)
         for a in annotators:
             a.stop.set()
         for a in annotators:

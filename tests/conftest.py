@@ -3,14 +3,14 @@ that CI starts (a missing server fails the run, it is never skipped) and moto's 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 # --------------------------------------------------------------------------------------------------------------
 # Storage: Label Studio request bodies recorded from a real Label Studio (kept beside the checkout, not copied).
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+from support import SHARED
+
 REQUESTS = SHARED / "label_studio" / "requests"
 
 # Tiers: a test is marked by the servers it needs, read from its fixtures, so a new test lands in the right tier
@@ -110,7 +110,7 @@ def session_factory(engine):
 def moto_endpoint():
     from moto.server import ThreadedMotoServer
 
-    from store_support import free_port
+    from support import free_port
 
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
@@ -208,7 +208,7 @@ def serve_http(ray_cluster) -> str:
     """Ray Serve started with its HTTP proxy on a free loopback port; returns the base URL."""
     from ray import serve
 
-    from store_support import free_port
+    from support import free_port
 
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})

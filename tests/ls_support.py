@@ -16,7 +16,6 @@ import hashlib
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -26,10 +25,11 @@ from pathlib import Path
 
 import requests
 
+from support import SHARED, free_port
+
 INSTALL_TIMEOUT = 900
 START_TIMEOUT = 420  # first start runs the migrations: about 35 s idle, 2 min seen on a busy 2-core machine
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
 REQUIREMENTS = Path(__file__).with_name("label-studio.in")
 LOCK = Path(__file__).with_name("label-studio.lock")
 LS_VERSION = re.search(r"^label-studio==(\S+)", REQUIREMENTS.read_text(), re.MULTILINE).group(1)
@@ -91,12 +91,6 @@ def _tail(path: Path, lines: int = 30) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return ""
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass

@@ -1,14 +1,14 @@
 """The bundled model still does what its model card says: the NoC figures recorded for a few GrabCut images,
 reproduced by the same evaluator (bfloat16 kernels may differ slightly across CPUs: a small tolerance)."""
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
 from workers.model.checkpoint import BASE_CHECKPOINT, load_checkpoint
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+from support import SHARED
+
 REFERENCE = BASE_CHECKPOINT.with_name("base_regression.json")
 
 

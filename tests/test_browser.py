@@ -17,12 +17,13 @@ from label_studio_sdk.converter.brush import decode_rle, mask2rle
 
 from browser_support import artifacts_dir, changed, decode_png, launch
 from ls_support import STANDARD_CONFIG, eval_images, smart_keypoint
+from support import DATASETS
 from workers.model.clicker import Clicker
 from workers.model.datasets import read_ignore, read_mask
 
 APP, PREFIX = "browser", "/browser"
 AUTH = ("annotator", "browser-s3cret")
-GRABCUT = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "eval" / "grabcut33"
+GRABCUT = DATASETS / "eval" / "grabcut33"
 UI_TIMEOUT_MS = 180_000  # a busy 2-core machine runs Label Studio's UI, its server, Ray and the model at once
 MARKER_PX = 14  # the keypoint marker drawn at a click, left out of the pixel comparisons
 

@@ -32,13 +32,14 @@ from label_studio_sdk.converter.brush import decode_rle
 from sqlalchemy import select
 
 from ls_support import STANDARD_CONFIG, eval_images, smart_keypoint
+from support import DATASETS
 from workers.model import Click
 from workers.model.clicker import Clicker
 from workers.model.datasets import read_ignore, read_image, read_mask
 from workers.model.evaluator import evaluate_object, iou
 
 APP, PREFIX = "e2e", "/e2e"
-GRABCUT = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "eval" / "grabcut33"
+GRABCUT = DATASETS / "eval" / "grabcut33"
 IMAGES = 3
 MIN_CLICKS, MAX_CLICKS = 3, 10  # per object: at least 3 clicks, then on until a negative click was made
 IOU_TOLERANCE = 0.02  # served vs offline IoU after each click (one torch thread in the replica, default here)

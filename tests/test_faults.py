@@ -19,6 +19,7 @@ import requests
 from finetune_support import annotation_body, disk_images, predict_body, tiny_checkpoint
 from image_server import ImageServer
 from store_support import MotoProcess, PrivatePostgres
+from support import wait_for
 
 SIZE = (128, 96)  # w, h of the disk images
 BUCKET = "fault-images"
@@ -234,13 +235,6 @@ def test_a_killed_replica_is_restarted_and_the_annotator_goes_on_with_the_object
         iou = (served & expected).sum() / max(1, (served | expected).sum())
         assert iou > 0.98, f"click {k}: IoU {iou:.3f} with the chain over its history"
     assert 6 in answers and "errors" not in answers[6]
-
-
-def wait_for(predicate, what: str, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
 
 
 @pytest.mark.ray  # a cluster of its own, not the ray_cluster fixture

@@ -15,6 +15,7 @@ import requests
 
 from finetune_support import annotation_body, disk_images, predict_body, tiny_checkpoint
 from image_server import ImageServer
+from support import wait_for
 
 PROJECT = 42
 SIZE = (128, 96)  # w, h of the disk images
@@ -89,13 +90,6 @@ class Clicker(threading.Thread):
         return [v for _, v in self.answers[n:]]
 
 
-def wait_for(predicate, timeout=20.0):
-    deadline = time.time() + timeout
-    while not predicate():
-        assert time.time() < deadline, "timed out"
-        time.sleep(0.1)
-
-
 def test_annotations_through_the_webhook_train_on_ray_and_promotion_swaps_without_a_failed_request(
         stack, monkeypatch, capsys):
     from orchestrator import jobs
@@ -105,7 +99,7 @@ def test_annotations_through_the_webhook_train_on_ray_and_promotion_swaps_withou
 
     clicker = Clicker(stack)
     clicker.start()
-    wait_for(lambda: len(clicker.answers) >= 3, timeout=60)
+    wait_for(lambda: len(clicker.answers) >= 3, "three answers", timeout=60)
     assert {v for _, v in clicker.answers} == {"tiny-base"}
     for i, (name, masks) in enumerate(stack["images"], 1):
         body = annotation_body(stack["created"], 100 + i, PROJECT, i, stack["server"].url(name), masks)
@@ -143,11 +137,11 @@ def test_annotations_through_the_webhook_train_on_ray_and_promotion_swaps_withou
     assert listed.splitlines()[1].startswith("tiny-base") and version.name in listed
     n = len(clicker.answers)
     assert main([*models, "promote", version.name]) == 0
-    wait_for(lambda: version.name in clicker.versions_since(n))
+    wait_for(lambda: version.name in clicker.versions_since(n), "the promoted version to answer", timeout=20)
     n = len(clicker.answers)
     assert main([*models, "rollback", "--project", str(PROJECT)]) == 0
     assert "serves tiny-base" in capsys.readouterr().out
-    wait_for(lambda: clicker.versions_since(n)[-3:] == ["tiny-base"] * 3)
+    wait_for(lambda: clicker.versions_since(n)[-3:] == ["tiny-base"] * 3, "the base to answer again", timeout=20)
     setup = requests.post(stack["url"] + "/setup", json={"project": f"{PROJECT}.1", "schema": stack["predict"]
                                                            ["label_config"]}, timeout=5).json()
     assert setup == {"model_version": "tiny-base"}
@@ -227,7 +221,7 @@ def test_a_job_whose_worker_is_killed_is_marked_failed_serving_goes_on_and_a_ret
         assert requests.post(stack["url"] + "/webhook", json=body, timeout=30).status_code == 200
     clicker = Clicker(stack)
     clicker.start()
-    wait_for(lambda: len(clicker.answers) >= 3, timeout=60)
+    wait_for(lambda: len(clicker.answers) >= 3, "three answers", timeout=60)
     serving = clicker.versions_since(0)[-1]
     job = jobs.enqueue(factory, PROJECT, "cli")
     running = threading.Thread(target=Scheduler(factory, runner(stack, samples=1_000_000)).tick)
@@ -238,7 +232,7 @@ def test_a_job_whose_worker_is_killed_is_marked_failed_serving_goes_on_and_a_ret
     assert killed.state == "failed" and killed.finished_at, killed.error
     assert "died" in killed.error.lower() or "crash" in killed.error.lower(), killed.error
     n = len(clicker.answers)
-    wait_for(lambda: len(clicker.answers) >= n + 3)
+    wait_for(lambda: len(clicker.answers) >= n + 3, "three more answers", timeout=20)
     clicker.stop.set()
     clicker.join()
     assert clicker.failures == [] and set(clicker.versions_since(0)) == {serving}  # serving never noticed

@@ -13,7 +13,7 @@ import pytest
 
 from image_server import Site
 from integrations.images import ImageFetcher, ImageFetchError, ImageSettings
-from store_support import free_port
+from support import free_port
 
 ACCESS_KEY, SECRET_KEY = "AKIACLICKMASKTEST042", "s3-secret-6d1f0e8b9a7c"
 DB_PASSWORD = "db-pw-c41e9a07"

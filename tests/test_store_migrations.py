@@ -12,7 +12,7 @@ from sqlalchemy import Column, Integer, MetaData, inspect
 from migrations import alembic_config
 from orchestrator.cli import main
 from orchestrator.db import Base, make_engine
-from store_support import free_port
+from support import free_port
 
 TABLES = {
     "projects",

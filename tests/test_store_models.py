@@ -113,7 +113,7 @@ def test_deleting_a_project_cascades_to_everything_recorded_for_it(session_facto
 
 
 def test_unreachable_postgres_fails_the_run_instead_of_skipping(tmp_path):
-    from store_support import free_port
+    from support import free_port
 
     env = dict(os.environ, CLICKMASK_TEST_POSTGRES_URL=f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/x")
     result = subprocess.run(

@@ -162,7 +162,7 @@ def test_missing_bucket_is_a_clear_error(moto_endpoint, aws_env):
 
 
 def test_unreachable_endpoint_is_a_clear_error(aws_env):
-    from store_support import free_port
+    from support import free_port
 
     store = S3Store("bucket", endpoint_url=f"http://127.0.0.1:{free_port()}")
     with pytest.raises(ObjectStoreError, match="not usable"):

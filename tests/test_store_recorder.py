@@ -145,7 +145,7 @@ def unreachable_database(request, tmp_path):
     if request.param == "sqlite":
         engine = create_engine(f"sqlite:///{tmp_path / 'missing-dir' / 'c.db'}")  # the folder does not exist
     else:
-        from store_support import free_port
+        from support import free_port
 
         engine = make_engine(f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/x")
     yield make_session_factory(engine)

@@ -211,7 +211,7 @@ def test_label_studio_problems_are_clear_errors(studio, monkeypatch):
     code, _, stderr = cli("sync", "--project", "1")
     assert code == 1 and "HTTP 401 (check LABEL_STUDIO_API_KEY" in stderr and bad_key not in stderr
 
-    from store_support import free_port
+    from support import free_port
 
     monkeypatch.setenv("LABEL_STUDIO_URL", f"http://127.0.0.1:{free_port()}")
     code, _, stderr = cli("sync", "--project", "1")
