@@ -3,6 +3,8 @@ instances (the deployment class as plain Python, no Ray: this is about the repli
 model; one sees an object click by click, the other only the last request with the whole history."""
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 import pytest
 
@@ -20,7 +22,7 @@ def fresh_replica():
 
 def ask(replica, clicks, key="obj", box=None):
     model, state = replica
-    return model._segment(state, SegmentRequest("img", key, list(clicks), box=box))
+    return asyncio.run(model._answer(state, SegmentRequest("img", key, list(clicks), box=box)))
 
 
 @pytest.fixture(scope="module")

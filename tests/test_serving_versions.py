@@ -3,6 +3,7 @@ version logic (background loads, answering with the project's previous version m
 fails, a few versions kept) runs here directly on a real local object store and real small checkpoints."""
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 
@@ -25,9 +26,12 @@ def replica(tmp_path):
     return model, state
 
 
+def request(version=None, key=None, project=1) -> SegmentRequest:
+    return SegmentRequest("img", f"obj-{project}", [Click(60, 50, True)], version, key, project)
+
+
 def ask(model, state, version=None, key=None, project=1):
-    request = SegmentRequest("img", f"obj-{project}", [Click(60, 50, True)], version, key, project)
-    return model._segment(state, request).model_version
+    return asyncio.run(model._answer(state, request(version, key, project))).model_version
 
 
 def test_a_new_version_loads_in_the_background_while_the_previous_one_answers(replica):
@@ -54,6 +58,27 @@ def test_a_new_version_loads_in_the_background_while_the_previous_one_answers(re
 def test_a_project_new_to_the_replica_waits_for_its_version_once(replica):
     model, state = replica
     assert ask(model, state, "v2", "checkpoints/v2.pt", project=9) == "v2"
+
+
+def test_a_version_loading_for_a_new_project_never_delays_another_projects_clicks(replica):
+    """The new project waits for its version off the prediction thread: the replica's one prediction thread goes
+    on answering the others while the checkpoint comes from a slow object store."""
+    model, state = replica
+    gate = threading.Event()
+    load = model._load_version
+    model._load_version = lambda version, key: gate.wait(30) and load(version, key)
+
+    async def clicks_during_the_load():
+        waiting = asyncio.create_task(model._answer(state, request("v2", "checkpoints/v2.pt", project=9)))
+        await asyncio.sleep(0.3)  # project 9 is waiting for its version now
+        others = [await asyncio.wait_for(model._answer(state, request(project=1)), 5) for _ in range(3)]
+        still_waiting = not waiting.done()
+        gate.set()
+        return others, still_waiting, await waiting
+
+    others, still_waiting, first = asyncio.run(clicks_during_the_load())
+    assert [a.model_version for a in others] == ["tiny-base"] * 3 and still_waiting
+    assert first.model_version == "v2"
 
 
 def test_a_version_that_cannot_load_falls_back_and_is_not_retried_per_request(replica):

@@ -18,7 +18,8 @@ request names the version its project serves (the ingress reads it from the regi
 in the object store. A replica keeps a few predictors by version (least recently used dropped, the base always
 kept). A version it lacks is loaded in a background thread while the project's requests go on being answered by
 the version that last answered them, so a promotion or rollback never makes a request slow or fail; every answer
-says which version gave it. Only a project's very first request on a replica waits for its version to load.
+says which version gave it. Only a project's very first request on a replica waits for its version to load, and
+it waits off the prediction thread: other projects' clicks are answered meanwhile.
 
 The base version is swapped in place: `reconfigure` (Ray Serve calls it with the deployment's user_config) builds
 the new predictor off to the side and replaces the reference; requests in flight finish on the old one.
@@ -33,7 +34,7 @@ import threading
 import time
 import weakref
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -208,9 +209,10 @@ class ClickModel:
 
     # ---------------------------------------------------------------------------------------- model versions
 
-    def _pick(self, request: SegmentRequest):
-        """(predictor, version) for the request: its version when held, else the project's last one while the
-        wanted one loads; a project new to this replica waits for the load; the base if a load fails."""
+    def _pick(self, request: SegmentRequest) -> tuple[object, str]:
+        """(predictor, version) for the request, without waiting: its version when held, else the project's last
+        one while the wanted one loads, the base if a load failed lately; for a project new to this replica,
+        (the load's future, version) to wait on."""
         wanted = request.model_version or self._version
         with self._models_lock:
             if wanted in self._predictors:
@@ -229,10 +231,18 @@ class ClickModel:
                                                                      request.checkpoint_key)
             if fallback is not None:
                 return self._predictors[fallback], fallback
-        try:
-            return future.result(timeout=FIRST_LOAD_TIMEOUT_S), wanted
+        return future, wanted
+
+    async def _predictor_for(self, request: SegmentRequest):
+        """(predictor, version) for the request. A project new to this replica waits here for its version to load,
+        on the event loop, so the prediction thread goes on answering every other project meanwhile."""
+        picked, version = self._pick(request)
+        if not isinstance(picked, Future):
+            return picked, version
+        try:  # shielded: a request that stops waiting must not cancel the load that others wait for
+            return await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(picked)), FIRST_LOAD_TIMEOUT_S), version
         except Exception as exc:
-            log.error("version %s could not be loaded (%s): answering with %s", wanted, exc, self._version)
+            log.error("version %s could not be loaded (%s): answering with %s", version, exc, self._version)
             with self._models_lock:
                 return self._predictors[self._version], self._version
 
@@ -278,11 +288,15 @@ class ClickModel:
             if image is None:
                 return None
             state.rgb = as_rgb8(image)
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, self._segment, state, request)
+        return await self._answer(state, request)
 
-    def _segment(self, state: _ImageState, request: SegmentRequest) -> SegmentResult:
-        predictor, version = self._pick(request)
+    async def _answer(self, state: _ImageState, request: SegmentRequest) -> SegmentResult:
+        predictor, version = await self._predictor_for(request)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, self._segment, state, request, predictor, version)
+
+    def _segment(self, state: _ImageState, request: SegmentRequest, predictor, version: str) -> SegmentResult:
+        """One prediction, on the replica's prediction thread."""
         with self._lock:
             if self._current_image.get(version) != request.image_key:
                 predictor.set_image(state.rgb)
