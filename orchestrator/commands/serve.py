@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 
@@ -52,7 +53,12 @@ def migrate(database_url: str) -> None:
     command.upgrade(alembic_config(database_url), "head")
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def run(args: argparse.Namespace) -> int:
+    import ray
     from ray import serve
 
     from orchestrator.ray_runtime import start_ray
@@ -63,22 +69,30 @@ def run(args: argparse.Namespace) -> int:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         migrate(config.database_url)
     start_ray()
-    serve.start(http_options={"host": args.host, "port": args.port})
-    serve.run(build_app(config), name=APP_NAME, route_prefix="/")
-    scheduler = start_scheduler(settings, config) if config.database_url else None
-    shown = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
-    print(f"\nclickmask is serving model {config.model_version} at http://{shown}:{args.port}")
-    print("In Label Studio: Settings > Model > Connect Model, URL as above, Interactive preannotations on.")
-    print("Labeling config for smart clicks:\n" + LABEL_CONFIG + "\n", flush=True)
+    # SIGTERM (systemd, Kubernetes) stops like Ctrl-C. Set after Ray's start, which installs handlers of its own
+    # that dump a stack and exit with the signal's number.
+    signal.signal(signal.SIGTERM, _interrupt)
+    scheduler = None
     try:
+        serve.start(http_options={"host": args.host, "port": args.port})
+        serve.run(build_app(config), name=APP_NAME, route_prefix="/")
+        scheduler = start_scheduler(settings, config) if config.database_url else None
+        shown = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
+        print(f"\nclickmask is serving model {config.model_version} at http://{shown}:{args.port}")
+        print("In Label Studio: Settings > Model > Connect Model, URL as above, Interactive preannotations on.")
+        print("Labeling config for smart clicks:\n" + LABEL_CONFIG + "\n", flush=True)
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
-        print("stopping", file=sys.stderr)
+        print("stopping: writing the clicks answered so far, then stopping Ray", file=sys.stderr, flush=True)
     finally:
+        for stop_signal in (signal.SIGTERM, signal.SIGINT):  # a second signal must not cut the stop short
+            signal.signal(stop_signal, signal.SIG_IGN)
         if scheduler is not None:
             scheduler.stop()
-        serve.shutdown()
+        serve.shutdown()  # each ingress's recorder writes what it holds as its replica stops
+        ray.shutdown()  # the local Ray this command started, with its processes
+    print("stopped", file=sys.stderr)
     return 0
 
 
