@@ -5,21 +5,24 @@ order and concurrency (the job on Ray is tests/test_finetune_ray.py)."""
 from __future__ import annotations
 
 import threading
-import time
+from collections import defaultdict
 
 from orchestrator import jobs
 from orchestrator.scheduler import RunnerConfig, Scheduler
+from support import wait_for
 
 
 class Recording(Scheduler):
-    """Runs each claimed job as a short stand-in that records when it ran, beside which others, in which state."""
+    """Runs each claimed job as a stand-in that records when it ran, beside which others, in which state. With
+    `hold`, a job runs until the test sets its event in `release`."""
 
-    def __init__(self, factory, slots: int, on_start=None):
+    def __init__(self, factory, slots: int, on_start=None, hold: bool = False):
         super().__init__(factory, RunnerConfig(store_url="unused", concurrent_jobs=slots, trigger_check_s=1e9))
         self.lock = threading.Lock()
         self.started: list[int] = []
         self.active, self.most_at_once = set(), 0
         self.on_start = on_start or (lambda job_id: None)
+        self.release = defaultdict(threading.Event) if hold else None
 
     def run(self, job_id: int) -> None:
         with self.lock:
@@ -28,10 +31,15 @@ class Recording(Scheduler):
             self.active.add(job_id)
             self.most_at_once = max(self.most_at_once, len(self.active))
         self.on_start(job_id)
-        time.sleep(0.3)  # long enough for every free slot to be filled meanwhile
+        if self.release is not None:
+            assert self.release[job_id].wait(60), f"job {job_id} was never released"
         with self.lock:
             self.active.discard(job_id)
         jobs.finish(self.factory, job_id, "succeeded")
+
+    def running(self) -> set[int]:
+        with self.lock:
+            return set(self.active)
 
 
 def project_of(factory, job_id: int) -> int:
@@ -43,9 +51,17 @@ def project_of(factory, job_id: int) -> int:
 
 def test_two_slots_run_two_projects_at_once_oldest_first(session_factory):
     queued = [jobs.enqueue(session_factory, p, "webhook") for p in (1, 2, 3)]
-    scheduler = Recording(session_factory, slots=2)
-    assert scheduler.tick() == queued
-    assert scheduler.started == queued and scheduler.most_at_once == 2
+    scheduler = Recording(session_factory, slots=2, hold=True)
+    ran = []
+    ticking = threading.Thread(target=lambda: ran.extend(scheduler.tick()))
+    ticking.start()
+    wait_for(lambda: scheduler.running() == set(queued[:2]), "the two oldest jobs in the two slots", timeout=30)
+    scheduler.release[queued[0]].set()
+    wait_for(lambda: scheduler.running() == set(queued[1:]), "the third job in the slot freed", timeout=30)
+    for job_id in queued[1:]:
+        scheduler.release[job_id].set()
+    ticking.join(60)
+    assert ran == queued and scheduler.started == queued and scheduler.most_at_once == 2
     assert all(jobs.get(session_factory, j).state == "succeeded" for j in queued)
 
 

@@ -11,6 +11,7 @@ from orchestrator.db import Click, Image, InteractionSession, ModelVersion, Pred
 from orchestrator.db import make_session_factory
 from integrations.masks import CocoRle, decode, encode
 from orchestrator.recorder import ClickRecord, Recorder
+from support import wait_for
 
 T0 = datetime(2026, 11, 25, 8, 0, tzinfo=UTC)
 
@@ -79,9 +80,9 @@ def test_clicks_arriving_one_by_one_share_transactions(session_factory):
             super()._write(batch)
 
     with CountingRecorder(session_factory, linger_s=1.0) as recorder:
-        for i in range(20):
+        for i in range(20):  # one at a time: the next only once the writer has taken the last from the queue
             assert recorder.record(click(i))
-            time.sleep(0.02)
+            wait_for(lambda: recorder.queue.qsize() == 0, "the writer to take the click", timeout=30, every=0.005)
         assert recorder.flush(timeout=30)
     assert sum(batches) == 20 and len(batches) <= 3, batches
     assert count(session_factory, Click) == 20
