@@ -41,6 +41,7 @@ import numpy as np
 from ray import serve
 
 from workers.model import Click, Prediction
+from workers.model.clicks import scaled_into
 from workers.model.image import as_rgb8
 
 log = logging.getLogger(__name__)
@@ -99,7 +100,7 @@ def in_image(request: SegmentRequest, width: int, height: int) -> tuple[list[Cli
     if request.size is None or tuple(request.size) == (width, height):
         return list(request.clicks), request.box
     sx, sy = width / request.size[0], height / request.size[1]
-    clicks = [Click(min(c.x * sx, width - 1), min(c.y * sy, height - 1), c.positive) for c in request.clicks]
+    clicks = scaled_into(list(request.clicks), sx, sy, width, height)
     box = None if request.box is None else (request.box[0] * sx, request.box[1] * sy,
                                              request.box[2] * sx, request.box[3] * sy)
     return clicks, box

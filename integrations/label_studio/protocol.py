@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from workers.model.clicks import Click
+from workers.model.clicks import Click, scaled_into
 
 from .errors import ProtocolError
 from .labeling_config import KEYPOINTS, RECTANGLES, LabelingConfig, parse_label_config
@@ -238,13 +238,12 @@ def _object(label: str, group: list[_Region], config: LabelingConfig, scope: str
     width, height = group[0].width, group[0].height
     if any((r.width, r.height) != (width, height) for r in group):
         raise ProtocolError(f"the smart regions labelled {label!r} disagree on the image size")
-    clicks, box = [], None
+    percent, box = [], None
     for r in group:
         where = f"smart region {r.id!r}"
         x, y = _percent(r.value, "x", where), _percent(r.value, "y", where)
         if r.type == KEYPOINTS:
-            # 100 % is the image's far edge: keep the click on the last pixel so it stays inside the image.
-            clicks.append(Click(min(x * width / 100, width - 1), min(y * height / 100, height - 1), r.positive))
+            percent.append(Click(x, y, r.positive))
             continue
         w, h = _percent(r.value, "width", where), _percent(r.value, "height", where)
         if w <= 0 or h <= 0 or x + w > 100 + EDGE_SLACK or y + h > 100 + EDGE_SLACK:
@@ -253,6 +252,7 @@ def _object(label: str, group: list[_Region], config: LabelingConfig, scope: str
             raise ProtocolError(f"{where}: rotated rectangles are not supported")
         # The newest rectangle wins: an annotator who redraws the box means the new one.
         box = (x * width / 100, y * height / 100, min(x + w, 100) * width / 100, min(y + h, 100) * height / 100)
+    clicks = scaled_into(percent, width / 100, height / 100, width, height)
     if box is None and not any(c.positive for c in clicks):
         raise ProtocolError(f"the object labelled {label!r} needs a positive click (or a box) first")
     key_source = "\x00".join((scope, label, group[0].id))

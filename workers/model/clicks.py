@@ -22,9 +22,13 @@ class Click:
     y: float
     positive: bool
 
-    def scaled(self, sx: float, sy: float, dx: float = 0.0, dy: float = 0.0) -> Click:
-        """The same click in a resized/shifted frame: x' = (x - dx) * sx, y' = (y - dy) * sy."""
-        return Click((self.x - dx) * sx, (self.y - dy) * sy, self.positive)
+
+
+def scaled_into(clicks: list[Click], sx: float, sy: float, width: int, height: int) -> list[Click]:
+    """Clicks measured at another size (percent of the image, or another resolution of it) in the pixels of a
+    width x height image: x * sx, y * sy, where a click on the far edge stays on the last pixel. (The network's
+    frames map pixel centres instead: transforms.Frame.)"""
+    return [Click(min(c.x * sx, width - 1), min(c.y * sy, height - 1), c.positive) for c in clicks]
 
 
 def check_clicks(clicks: list[Click], height: int, width: int) -> None:
