@@ -12,7 +12,6 @@ read-only because callers share them.
 """
 from __future__ import annotations
 
-import os
 import re
 import threading
 import time
@@ -28,6 +27,7 @@ import urllib3
 
 from workers.model.image import MAX_PIXELS
 
+from .env import EnvReader, SettingsError
 from .image_header import image_size
 from .label_studio.auth import LabelStudioAuth, LabelStudioAuthError
 
@@ -53,27 +53,13 @@ class ImageSettings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ImageSettings:
-        env = os.environ if environ is None else environ
-
-        def get(name: str) -> str | None:
-            return env.get(name, "").strip() or None
-
-        def number(name: str, default: float, kind=int):
-            raw = get(name)
-            try:
-                value = kind(raw) if raw is not None else default
-            except ValueError:
-                raise ValueError(f"{name} must be a number, not {raw!r}") from None
-            if value <= 0:
-                raise ValueError(f"{name} must be positive")
-            return value
-
-        def names(name: str) -> tuple[str, ...]:
-            return tuple(p.strip().lower() for p in (get(name) or "").split(",") if p.strip())
+        read = EnvReader(environ)
+        get, names = read.text, read.names
+        number = lambda name, default, kind=int: read.number(name, default, kind, low=1 if kind is int else 0.001)
 
         ls_url = get("LABEL_STUDIO_URL")
         if ls_url and urlsplit(ls_url).scheme not in ("http", "https"):
-            raise ValueError("LABEL_STUDIO_URL must be an http(s) URL")
+            raise SettingsError("LABEL_STUDIO_URL must be an http(s) URL")
         return cls(
             label_studio_url=ls_url.rstrip("/") if ls_url else None,
             label_studio_api_key=get("LABEL_STUDIO_API_KEY"),

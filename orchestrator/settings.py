@@ -5,7 +5,6 @@ directory), so nothing needs configuring to start. Later features add fields her
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,9 +12,7 @@ from pathlib import Path
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-
-class SettingsError(ValueError):
-    """A CLICKMASK_* variable has a value that cannot be used; the message names the variable."""
+from integrations.env import EnvReader, SettingsError
 
 
 @dataclass(frozen=True)
@@ -35,15 +32,8 @@ class FinetuneSettings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> FinetuneSettings:
-        def number(name: str, default, kind, low=0):
-            raw = env.get(f"CLICKMASK_FINETUNE_{name}", "").strip()
-            try:
-                value = kind(raw) if raw else default
-            except ValueError:
-                raise SettingsError(f"CLICKMASK_FINETUNE_{name} must be a number, not {raw!r}") from None
-            if value < low:
-                raise SettingsError(f"CLICKMASK_FINETUNE_{name} must be at least {low}")
-            return value
+        read = EnvReader(env)
+        number = lambda name, default, kind, low=0: read.number(f"CLICKMASK_FINETUNE_{name}", default, kind, low)
 
         return cls(
             every_annotations=number("EVERY_ANNOTATIONS", cls.every_annotations, int),
@@ -75,12 +65,8 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        env = os.environ if environ is None else environ
-
-        def get(name: str) -> str | None:
-            value = env.get(name, "").strip()
-            return value or None
-
+        read = EnvReader(environ)
+        get = read.text
         # Absolute from the start, so the same settings mean the same files whatever the working directory.
         data_dir = Path(get("CLICKMASK_DATA_DIR") or "~/.clickmask").expanduser().absolute()
         database_url = get("CLICKMASK_DATABASE_URL") or f"sqlite:///{data_dir / 'clickmask.db'}"
@@ -89,18 +75,11 @@ class Settings:
         except ArgumentError as exc:
             raise SettingsError(f"CLICKMASK_DATABASE_URL is not an SQLAlchemy URL: {exc}") from None
         store_url = get("CLICKMASK_STORE_URL") or str(data_dir / "store")
-        queue_size = get("CLICKMASK_RECORDER_QUEUE_SIZE") or "10000"
-        try:
-            recorder_queue_size = int(queue_size)
-        except ValueError:
-            raise SettingsError(f"CLICKMASK_RECORDER_QUEUE_SIZE must be an integer, not {queue_size!r}") from None
-        if recorder_queue_size < 1:
-            raise SettingsError("CLICKMASK_RECORDER_QUEUE_SIZE must be at least 1")
         return cls(
             data_dir=data_dir,
             database_url=database_url,
             store_url=store_url,
             s3_endpoint_url=get("CLICKMASK_S3_ENDPOINT_URL"),
-            recorder_queue_size=recorder_queue_size,
-            finetune=FinetuneSettings.from_env(env),
+            recorder_queue_size=read.number("CLICKMASK_RECORDER_QUEUE_SIZE", 10_000, int, 1),
+            finetune=FinetuneSettings.from_env(read.env),
         )

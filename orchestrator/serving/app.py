@@ -1,7 +1,6 @@
 """Assembly of the Ray Serve application: the ingress bound to the model deployment."""
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -10,6 +9,7 @@ from integrations.label_studio.protocol import MAX_BODY_BYTES
 from orchestrator.placement import cluster_resources, ingress_options, replica_actor_options
 from orchestrator.registry import base_version_name
 from orchestrator.settings import Settings, SettingsError
+from integrations.env import EnvReader
 from workers.serving import ClickModel
 
 from .ingress import Backend, IngressOptions
@@ -47,22 +47,14 @@ def config_from_env(env: Mapping[str, str] | None = None, model: str | None = No
     """The settings and the deployment that `clickmask serve` runs, from the CLICKMASK_* variables; the command's
     flags, where given (not None), take the place of theirs. The Serve config's builders (entrypoint.py) call it
     with none, so a deployed cluster serves what `clickmask serve` would with the same variables."""
-    env = os.environ if env is None else env
-
-    def number(name: str, kind, given, default):
-        if given is not None:
-            return given
-        raw = env.get(name, "").strip()
-        try:
-            return kind(raw) if raw else default
-        except ValueError:
-            raise SettingsError(f"{name} must be a number, not {raw!r}") from None
-
+    read = EnvReader(env)
+    env = read.env
+    number = lambda name, kind, given, default: given if given is not None else read.number(name, default, kind)
     settings = Settings.from_env(env)
     user, password = env.get("CLICKMASK_BASIC_AUTH_USER"), env.get("CLICKMASK_BASIC_AUTH_PASSWORD")
     if bool(user) != bool(password):
         raise SettingsError("set both CLICKMASK_BASIC_AUTH_USER and CLICKMASK_BASIC_AUTH_PASSWORD, or neither")
-    model = model or env.get("CLICKMASK_MODEL", "").strip() or "base"
+    model = model or read.text("CLICKMASK_MODEL") or "base"
     return settings, ServeConfig(
         checkpoint=model, model_version=base_version_name(model),
         replicas=number("CLICKMASK_REPLICAS", int, replicas, 1),
