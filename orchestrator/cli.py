@@ -48,7 +48,7 @@ def _explained(exc: Exception) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if isinstance(exc, SQLAlchemyError):
-        from orchestrator.commands.export import database_problem
+        from orchestrator.commands.common import database_problem
 
         print(f"error: {database_problem(exc, Settings.from_env().database_url_safe)}", file=sys.stderr)
         return 1

@@ -24,28 +24,19 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sqlalchemy.exc import SQLAlchemyError
-
     from orchestrator.coco_export import ExportError, export_coco
-    from orchestrator.db import make_engine, make_session_factory
-    from orchestrator.settings import Settings
+    from orchestrator.commands.common import open_database
 
-    settings = Settings.from_env()
-    engine = make_engine(settings.database_url)
+    _, factory = open_database()
     try:
-        report = export_coco(make_session_factory(engine), args.project, args.out, polygons=args.polygons,
+        report = export_coco(factory, args.project, args.out, polygons=args.polygons,
                              latest_only=args.latest_only, png_dir=args.png_dir, progress=not args.no_progress)
     except ExportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    except SQLAlchemyError as exc:
-        print(f"error: {database_problem(exc, settings.database_url_safe)}", file=sys.stderr)
-        return 1
     except OSError as exc:  # the output folder is missing rights, the disk is full, ...
         print(f"error: cannot write {exc.filename or args.out}: {exc.strerror or exc}", file=sys.stderr)
         return 1
-    finally:
-        engine.dispose()
     print(f"wrote {args.out}: {report.images} image(s), {report.annotations} annotation(s)")
     if report.holes_filled:
         print(f"polygons: {report.holes_filled} hole(s) filled (COCO polygons cannot express holes; "
@@ -56,9 +47,3 @@ def run(args: argparse.Namespace) -> int:
     print(f"skipped {report.skipped_total} mask(s)" + (f" ({reasons})" if reasons else ""))
     return 0
 
-
-def database_problem(exc: Exception, url_safe: str) -> str:
-    """The driver's first line (refused, no such table, ...) without a stack trace, and what to do about tables."""
-    reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-    hint = "; run `clickmask db upgrade` first" if "no such table" in reason or "does not exist" in reason else ""
-    return f"cannot use the database {url_safe}: {reason}{hint}"

@@ -25,15 +25,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from integrations.images import ImageSettings
     from orchestrator import jobs
-    from orchestrator.commands.serve import migrate
+    from orchestrator.commands.common import open_database
     from orchestrator.registry import base_version_name
-    from orchestrator.db import make_engine, make_session_factory
     from orchestrator.scheduler import RunnerConfig, Scheduler
-    from orchestrator.settings import Settings
 
-    settings = Settings.from_env()
-    migrate(settings.database_url)
-    factory = make_session_factory(make_engine(settings.database_url))
+    settings, factory = open_database(migrated=True)
     job_id = jobs.enqueue(factory, args.project, "cli")
     print(f"job {job_id} queued for project {args.project}", flush=True)
     if args.no_wait:

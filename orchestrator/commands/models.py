@@ -28,14 +28,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from orchestrator import registry
-    from orchestrator.commands.serve import migrate
+    from orchestrator.commands.common import open_database
     from orchestrator.registry import base_version_name
-    from orchestrator.db import make_engine, make_session_factory
-    from orchestrator.settings import Settings
 
-    settings = Settings.from_env()
-    migrate(settings.database_url)
-    factory = make_session_factory(make_engine(settings.database_url))
+    _, factory = open_database(migrated=True)
     base = base_version_name(args.model)
     try:
         with factory.begin() as session:

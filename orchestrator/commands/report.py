@@ -19,24 +19,13 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from orchestrator.commands.export import database_problem
+    from orchestrator.commands.common import open_database
     from orchestrator.dashboard.figures import compute
     from orchestrator.dashboard.page import render_project
-    from orchestrator.db import make_engine, make_session_factory
-    from orchestrator.settings import Settings
 
-    settings = Settings.from_env()
-    engine = make_engine(settings.database_url)
-    try:
-        with make_session_factory(engine)() as session:
-            figures = compute(session, args.project)
-    except SQLAlchemyError as exc:
-        print(f"error: {database_problem(exc, settings.database_url_safe)}", file=sys.stderr)
-        return 1
-    finally:
-        engine.dispose()
+    _, factory = open_database()
+    with factory() as session:
+        figures = compute(session, args.project)
     page = render_project(figures)
     try:
         args.out.mkdir(parents=True, exist_ok=True)

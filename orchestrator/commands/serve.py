@@ -45,14 +45,6 @@ def serve_config(args: argparse.Namespace):
                            record=not args.no_db)
 
 
-def migrate(database_url: str) -> None:
-    from alembic import command
-
-    from migrations import alembic_config
-
-    command.upgrade(alembic_config(database_url), "head")
-
-
 def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
@@ -61,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
     import ray
     from ray import serve
 
+    from orchestrator.commands.common import migrate
     from orchestrator.ray_runtime import start_ray
     from orchestrator.serving.app import APP_NAME, build_app
 

@@ -22,34 +22,25 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sqlalchemy.exc import SQLAlchemyError
-
+    from orchestrator.commands.common import open_database
+    from orchestrator.settings import SettingsError
     from orchestrator.sync import SyncError, make_client, sync_project
-    from orchestrator.commands.export import database_problem
-    from orchestrator.db import make_engine, make_session_factory
-    from orchestrator.settings import Settings, SettingsError
 
     if args.page_size < 1:
         print("error: --page-size must be at least 1", file=sys.stderr)
         return 2
     try:
-        settings = Settings.from_env()
+        _, factory = open_database()
         client = make_client(os.environ.get("LABEL_STUDIO_URL"), os.environ.get("LABEL_STUDIO_API_KEY"))
     except (SettingsError, SyncError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    engine = make_engine(settings.database_url)
     try:
-        report = sync_project(make_session_factory(engine), client, args.project, keep_missing=args.keep_missing,
+        report = sync_project(factory, client, args.project, keep_missing=args.keep_missing,
                               page_size=args.page_size, progress=not args.no_progress)
     except SyncError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    except SQLAlchemyError as exc:
-        print(f"error: {database_problem(exc, settings.database_url_safe)}", file=sys.stderr)
-        return 1
-    finally:
-        engine.dispose()
     outcomes = report.outcomes
     print(f"project {args.project}: {report.tasks} task(s), {sum(outcomes.values())} annotation(s): "
           f"{outcomes['applied']} stored or updated, {outcomes['ignored']} unchanged, "

@@ -18,7 +18,7 @@ def _settings():
 def backend(args: dict | None = None):
     """Serve application builder for the backend (import path orchestrator.serving.entrypoint:backend). Migrates
     the database first, as `clickmask serve` does."""
-    from orchestrator.commands.serve import migrate
+    from orchestrator.commands.common import migrate
 
     from .app import build_app
 
