@@ -57,5 +57,5 @@ def conflict_free_insert(session: Session, model, key_columns: list[str]):
     elif dialect == "sqlite":
         from sqlalchemy.dialects.sqlite import insert as dialect_insert
     else:
-        raise NotImplementedError(f"recording on {dialect} is not supported: use SQLite or PostgreSQL")
+        raise NotImplementedError(f"a {dialect} database is not supported: use SQLite or PostgreSQL")
     return dialect_insert(model).on_conflict_do_nothing(index_elements=key_columns)
