@@ -7,7 +7,7 @@ from model_support import disk_scene
 from workers.model.checkpoint import build_net, load_checkpoint, save_checkpoint
 from workers.model.data import LoadedImage, SampleGenerator, _object
 from workers.model.loss import normalized_focal_loss
-from workers.model.network import ClickSegNet, NetConfig, deepen
+from workers.model.network import ClickSegNet, NetConfig, grow
 from workers.model.sampler import corrective_click, initial_clicks
 from workers.model.train import TrainConfig, lineage_totals, train, train_step
 
@@ -67,30 +67,64 @@ def test_a_tiny_training_run_lowers_the_loss():
     assert np.mean(losses[-10:]) < 0.75 * np.mean(losses[:10])
 
 
-def test_a_deepened_net_computes_what_the_original_did_and_then_trains_its_new_blocks():
-    torch.manual_seed(0)
-    net = ClickSegNet(SMALL)
+def _trained_looking(net: ClickSegNet) -> ClickSegNet:
     for module in net.modules():  # BatchNorm statistics away from their defaults, as after training
         if isinstance(module, torch.nn.BatchNorm2d):
             module.running_mean.uniform_(-0.2, 0.2)
             module.running_var.uniform_(0.5, 2.0)
             module.weight.data.uniform_(0.5, 1.5)
-    grown = deepen(net, (1, 2, 1, 3))
-    assert grown.config.blocks == (1, 2, 1, 3) and len(grown.stages[3]) == 1 + 3
+    return net
+
+
+def _same_function(grown: ClickSegNet, net: ClickSegNet) -> None:
     image, guidance = torch.randn(2, 3, 64, 64), torch.rand(2, 4, 64, 64)
-    net.eval(), grown.eval()
-    with torch.no_grad():
-        torch.testing.assert_close(grown(image, guidance), net(image, guidance))
-    new_block = grown.stages[3][3]
-    assert not new_block.bn2.weight.detach().any()
-    grown.train()
+    for mode in (False, True):  # running statistics, then batch statistics
+        net.train(mode), grown.train(mode)
+        with torch.no_grad():
+            torch.testing.assert_close(grown(image, guidance), net(image, guidance))
+
+
+def _gradient(grown: ClickSegNet) -> dict[str, torch.Tensor]:
+    grown.train().zero_grad()
+    image, guidance = torch.randn(2, 3, 64, 64), torch.rand(2, 4, 64, 64)
     target = (torch.rand(2, 1, 64, 64) > 0.5).float()
     normalized_focal_loss(grown(image, guidance), target).backward()
-    assert new_block.bn2.weight.grad is not None and float(new_block.bn2.weight.grad.abs().sum()) > 0
+    return {name: p.grad for name, p in grown.named_parameters()}
+
+
+def test_a_deepened_net_computes_what_the_original_did_and_then_trains_its_new_blocks():
+    torch.manual_seed(0)
+    net = _trained_looking(ClickSegNet(SMALL))
+    grown = grow(net, NetConfig.from_dict({**SMALL.to_dict(), "blocks": (1, 2, 1, 3)}))
+    assert grown.config.blocks == (1, 2, 1, 3) and len(grown.stages[3]) == 1 + 3
+    _same_function(grown, net)
+    new_block = grown.stages[3][3]
+    assert not new_block.bn2.weight.detach().any()
+    assert float(_gradient(grown)["stages.3.3.bn2.weight"].abs().sum()) > 0
+    for blocks in ((1, 1, 1), (1, 1, 1, 0)):
+        with pytest.raises(ValueError, match="must extend"):
+            grow(grown, NetConfig.from_dict({**SMALL.to_dict(), "blocks": blocks}))
+
+
+def test_a_widened_net_computes_what_the_original_did_and_then_trains_its_new_channels():
+    torch.manual_seed(0)
+    net = _trained_looking(ClickSegNet(SMALL))
+    wider = tuple(w + 8 for w in SMALL.widths)
+    grown = grow(net, NetConfig.from_dict({**SMALL.to_dict(), "widths": wider,
+                                           "decoder_width": SMALL.decoder_width + 8, "blocks": (1, 2, 1, 2)}))
+    assert grown.stages[0][0][0].weight.shape[:2] == (wider[1], wider[0])
+    _same_function(grown, net)
+    grads = _gradient(grown)
+    # The old channels' weights from new ones start at zero and are what learn first: the new channels carry a
+    # signal (not dead behind a ReLU), so those weights get a gradient on the first step.
+    old_in = SMALL.widths[1]
+    conv = "stages.1.0.0.weight"  # stride-8 downsampling conv: [out, in, 3, 3]
+    assert not grown.state_dict()[conv][:SMALL.widths[2], old_in:].any()
+    assert float(grads[conv][:SMALL.widths[2], old_in:].abs().sum()) > 0
+    head = grads["head.weight"][:, SMALL.decoder_width // 2:]
+    assert float(head.abs().sum()) > 0
     with pytest.raises(ValueError, match="must extend"):
-        deepen(net, (1, 1, 1))
-    with pytest.raises(ValueError, match="must extend"):
-        deepen(grown, (1, 1, 1, 1))
+        grow(grown, SMALL)
 
 
 def test_training_writes_a_resumable_checkpoint(tmp_path):
@@ -204,8 +238,19 @@ def test_train_command_writes_config_train_state_and_holdout_metrics(tmp_path):
                  "--workers", "0", "--no-bf16"]) == 0
     payload = load_checkpoint(deeper)
     assert tuple(payload["net"]["blocks"]) == (1, 2, 3, 2) and payload["train"]["samples_seen"] == 8
+    assert main(["train", "--data", str(tmp_path / "data"), "--out", str(deeper), "--init", str(deeper),
+                 "--widen", ",".join(str(w + 4) for w in NetConfig().widths), "--decoder-width", "36", "--samples", "8",
+                 "--size", "64", "--validate-images", "0", "--workers", "0", "--no-bf16"]) == 0
+    payload = load_checkpoint(deeper)
+    assert tuple(payload["net"]["widths"]) == tuple(w + 4 for w in NetConfig().widths)
+    assert payload["net"]["decoder_width"] == 36 and tuple(payload["net"]["blocks"]) == (1, 2, 3, 2)
     with pytest.raises(SystemExit):  # argparse's usage error, before any data is loaded
         main(["train", "--data", str(tmp_path / "data"), "--out", str(deeper), "--deepen", "1,x,3,2"])
+    with pytest.raises(SystemExit, match="grow the net of --init"):
+        main(["train", "--data", str(tmp_path / "data"), "--out", str(deeper), "--widen", "8,8,8,8,8"])
+    with pytest.raises(SystemExit, match="cannot grow from widths"):
+        main(["train", "--data", str(tmp_path / "data"), "--out", str(deeper), "--init", str(deeper),
+              "--widen", "8,8,8,8,8"])
     with pytest.raises(SystemExit, match="needs --validate-images"):
         main(["train", "--data", str(tmp_path / "data"), "--out", str(deeper), "--best", str(best),
               "--validate-images", "0"])

@@ -5,15 +5,15 @@ import argparse
 from pathlib import Path
 
 
-def block_counts(text: str) -> tuple[int, ...]:
-    """'1,2,4,3' -> (1, 2, 4, 3), for --deepen."""
+def counts(text: str) -> tuple[int, ...]:
+    """'1,2,4,3' -> (1, 2, 4, 3), for --deepen and --widen."""
     try:
-        counts = tuple(int(b) for b in text.split(","))
+        numbers = tuple(int(b) for b in text.split(","))
     except ValueError:
-        counts = ()
-    if not counts or min(counts) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive block counts such as 1,2,4,3, got {text!r}")
-    return counts
+        numbers = ()
+    if not numbers or min(numbers) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive whole numbers such as 1,2,4,3, got {text!r}")
+    return numbers
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -40,9 +40,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--validate-images", type=int, default=5,
                    help="at each checkpoint, NoC on this many held-out images per folder, stored in the "
                         "checkpoint's metrics (0: no validation)")
-    p.add_argument("--deepen", metavar="N,N,N,N", type=block_counts,
+    p.add_argument("--deepen", metavar="N,N,N,N", type=counts,
                    help="with --init: grow the net to this many residual blocks per stage, the new ones starting "
                         "as the identity (e.g. 1,2,4,3)")
+    p.add_argument("--widen", metavar="W,W,W,W,W", type=counts,
+                   help="with --init: grow the encoder to these channel widths (stem, then strides 4-32), the new "
+                        "channels unseen by the old ones at first (e.g. 36,48,96,144,192)")
+    p.add_argument("--decoder-width", metavar="W", type=int,
+                   help="with --init: grow the decoder to this width")
     p.add_argument("--best", type=Path, metavar="FILE",
                    help="keep a copy (weights and state, no optimizer) of the checkpoint with the best held-out "
                         "NoC@90 so far, judged at each checkpoint (needs --validate-images)")
@@ -175,6 +180,20 @@ def write_reference(checkpoint: Path, data: Path, every: int, limit: int) -> Non
     print(f"wrote {out}: {figures}")
 
 
+def check_grow_to(init: Path | None, grow_to: dict) -> None:
+    """Refuse a growth the --init net cannot take before any data is loaded."""
+    from workers.model.checkpoint import load_checkpoint
+    from workers.model.network import NetConfig, check_growth
+
+    if not init:
+        raise SystemExit("--deepen, --widen and --decoder-width grow the net of --init")
+    old = NetConfig.from_dict(load_checkpoint(init)["net"])
+    try:
+        check_growth(old, NetConfig.from_dict({**old.to_dict(), **grow_to}))
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from None
+
+
 def run(args: argparse.Namespace) -> int:
     from workers.model.data import SampleGenerator, load_folder
     from workers.model.train import TrainConfig, lineage_totals, train
@@ -186,6 +205,10 @@ def run(args: argparse.Namespace) -> int:
     if args.best and not (args.validate_images and args.holdout_every):
         raise SystemExit("--best judges checkpoints on held-out images: it needs --validate-images and "
                          "--holdout-every above 0")
+    grow_to = {k: v for k, v in (("blocks", args.deepen), ("widths", args.widen),
+                                 ("decoder_width", args.decoder_width)) if v}
+    if grow_to:
+        check_grow_to(args.init, grow_to)
     if not 0.0 <= args.first_click_share <= 1.0:
         raise SystemExit(f"--first-click-share is a share between 0 and 1, not {args.first_click_share}")
     folders = []
@@ -196,7 +219,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = TrainConfig(samples=args.samples, batch_size=args.batch_size, lr=args.lr, size=args.size,
                       threads=args.threads, data_workers=args.workers, seed=args.seed,
                       checkpoint_every_s=args.checkpoint_every, bf16=not args.no_bf16,
-                      deepen_to=args.deepen, first_click_share=args.first_click_share, device=args.device,
+                      grow_to=grow_to, first_click_share=args.first_click_share, device=args.device,
                       stop_after_s=60 * args.minutes,
                       data={Path(d).name: w for d, w in zip(args.data, args.weight or [1.0] * len(args.data))})
     init = args.out if args.resume else args.init

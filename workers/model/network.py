@@ -119,19 +119,42 @@ def fuse_for_inference(net: ClickSegNet) -> ClickSegNet:
     return net
 
 
-def deepen(net: ClickSegNet, blocks: tuple[int, ...]) -> ClickSegNet:
-    """A deeper net computing exactly what `net` computes: `blocks` residual blocks per stage (at least as many as
-    `net` has), the extra ones appended to their stage with their last BatchNorm's scale and shift at zero, so each
-    starts as the identity on its (non-negative, post-ReLU) input. Training goes on from there with more capacity
-    and nothing already learned lost."""
-    old = net.config.blocks
-    if len(blocks) != len(old) or any(b < o for b, o in zip(blocks, old)):
-        raise ValueError(f"blocks {tuple(blocks)} must extend {old} stage by stage")
-    grown = ClickSegNet(NetConfig.from_dict({**net.config.to_dict(), "blocks": tuple(blocks)}))
-    _, unexpected = grown.load_state_dict(net.state_dict(), strict=False)  # the new blocks are the missing keys
+def check_growth(old: NetConfig, new: NetConfig) -> None:
+    """ValueError unless `new` extends `old` layer by layer, as `grow` needs."""
+    grows = (len(new.widths) == len(old.widths) and len(new.blocks) == len(old.blocks)
+             and all(n >= o for n, o in zip(new.widths, old.widths))
+             and all(n >= o for n, o in zip(new.blocks, old.blocks))
+             and new.decoder_width >= old.decoder_width and new.guidance_channels == old.guidance_channels)
+    if not grows:
+        raise ValueError(f"the net cannot grow from widths {old.widths}, blocks {old.blocks}, decoder width "
+                         f"{old.decoder_width} to widths {new.widths}, blocks {new.blocks}, decoder width "
+                         f"{new.decoder_width}: each must extend the old one, layer by layer")
+
+
+def grow(net: ClickSegNet, config: NetConfig) -> ClickSegNet:
+    """A larger net computing exactly what `net` computes, so training goes on with more capacity and nothing
+    already learned lost. `config` may add residual blocks per stage and widen any layer (encoder widths, decoder
+    width); everything else must match.
+
+    Every old weight keeps its place (old channels first). A new channel is initialised as usual, so it carries a
+    signal and gets gradients, but the old channels' weights from it start at zero, so nothing old sees it yet
+    (zeroing the new channel itself would leave it dead behind its ReLU). A new residual block starts with its
+    last BatchNorm's scale and shift at zero: the identity on its non-negative input."""
+    old = net.config
+    check_growth(old, config)
+    grown = ClickSegNet(config)
+    state = grown.state_dict()
+    unexpected = set(net.state_dict()) - set(state)
     if unexpected:
-        raise ValueError(f"weights that the deeper net has no place for: {unexpected[:3]}")
-    for stage, b, o in zip(grown.stages, blocks, old):
+        raise ValueError(f"weights that the larger net has no place for: {sorted(unexpected)[:3]}")
+    with torch.no_grad():
+        for key, prior in net.state_dict().items():
+            value = state[key]
+            if value.dim() >= 2:  # a convolution: [out, in, ...]
+                value[:prior.shape[0], prior.shape[1]:] = 0
+            value[tuple(slice(0, n) for n in prior.shape)] = prior
+    grown.load_state_dict(state)
+    for stage, b, o in zip(grown.stages, config.blocks, old.blocks):
         for block in list(stage)[1 + o:1 + b]:  # [downsampling conv, block 1, ..., block b]
             nn.init.zeros_(block.bn2.weight)
             nn.init.zeros_(block.bn2.bias)

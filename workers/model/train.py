@@ -21,7 +21,7 @@ from .checkpoint import build_net, load_checkpoint, save_checkpoint
 from .data import Sample, SampleGenerator
 from .guidance import colour_bins, guidance_maps
 from .loss import normalized_focal_loss
-from .network import ClickSegNet, NetConfig, deepen
+from .network import ClickSegNet, NetConfig, grow
 from .predictor import PredictorConfig, to_tensors
 from .sampler import corrective_click
 
@@ -47,7 +47,7 @@ class TrainConfig:
     stop_after_s: float = 0.0  # end this run (with a checkpoint) after so many seconds, whatever the schedule says
     data: dict = field(default_factory=dict)  # training folder -> sampling weight, recorded for the model card
     net: dict = field(default_factory=lambda: NetConfig().to_dict())
-    deepen_to: tuple[int, ...] | None = None  # with init: residual blocks per stage to grow the net to (network.deepen)
+    grow_to: dict = field(default_factory=dict)  # with init: NetConfig fields to grow the net to (network.grow)
     predictor: dict = field(default_factory=lambda: PredictorConfig().to_dict())
 
 
@@ -135,10 +135,11 @@ def train(
     out = Path(out)
     payload = load_checkpoint(init) if init else None
     net = build_net(payload) if payload else ClickSegNet(NetConfig.from_dict(cfg.net))
-    if cfg.deepen_to and tuple(cfg.deepen_to) != net.config.blocks:
+    target = NetConfig.from_dict({**net.config.to_dict(), **cfg.grow_to})
+    if target != net.config:
         if payload and resume:
-            raise ValueError("deepen a net when starting from its weights (init), not when resuming a schedule")
-        net = deepen(net, tuple(cfg.deepen_to))
+            raise ValueError("grow a net when starting from its weights (init), not when resuming a schedule")
+        net = grow(net, target)
     net = net.to(cfg.device, memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     state = {"samples_seen": 0, "wall_time_s": 0.0, "steps": 0, "lineage": []}
