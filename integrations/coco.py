@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 from pycocotools import mask as coco_mask
 
+from integrations.polygons import trace
 from integrations.masks import MAX_PIXELS, MaskError
 
 MAX_COUNT_CHARS = 7  # 7 chars of 5 bits hold any 32-bit run length; longer means garbage
@@ -70,36 +71,10 @@ def decode(counts: str, height: int, width: int) -> np.ndarray:
 
 
 def outer_polygons(mask: np.ndarray) -> tuple[list[list[float]], int]:
-    """COCO polygons along the outer pixel edges of each part, and the number of holes they leave out.
-
-    findContours traces the centres of boundary pixels, which would shave half a pixel off every side. Tracing a
-    mask upsampled 2x and grown by one cell down and right instead puts the traced cells on pixel corners
-    (cell 2x is the corner x), so the outer polygons follow pixel edges and pycocotools rasterizes them back to
-    the part. COCO polygons are a union with no way to cut a hole, so holes are filled; the count says how many.
-    """
-    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    if rows.size == 0:
-        return [], 0
-    # Only the object's box is traced: the cost then follows the object's size, not the image's.
-    top, left = int(rows[0]), int(cols[0])
-    mask = mask[top:rows[-1] + 1, left:cols[-1] + 1]
-    up = np.repeat(np.repeat(mask.astype(np.uint8), 2, axis=0), 2, axis=1)
-    grown = np.zeros((up.shape[0] + 1, up.shape[1] + 1), np.uint8)
-    grown[:-1, :-1] |= up
-    grown[1:, :-1] |= up
-    grown[:-1, 1:] |= up
-    grown[1:, 1:] |= up
-    contours, hierarchy = cv2.findContours(grown, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
-    polygons, holes = [], 0
-    for contour, (_, _, _, parent) in zip(contours, hierarchy[0] if hierarchy is not None else []):
-        if parent != -1:
-            holes += 1
-            continue
-        points = contour.reshape(-1, 2) / 2.0 + (left, top)
-        if len(points) < 3:  # cannot happen for grown cells (every part is at least 3 x 3), kept as a guard
-            continue
-        polygons.append([float(v) for v in points.ravel()])
-    return polygons, holes
+    """COCO polygons along the outer pixel edges of each part (polygons.trace), and the number of holes they leave
+    out: COCO polygons are a union with no way to cut a hole, so holes are filled; the count says how many."""
+    parts = trace(mask)
+    return [[float(v) for v in part.outline.ravel()] for part in parts], sum(len(part.holes) for part in parts)
 
 
 def png_bytes(mask: np.ndarray) -> bytes:

@@ -2,10 +2,11 @@
 
 What is exported: every mask of every annotation of the project that is neither deleted nor cancelled (with
 latest_only, only the latest such annotation of each task: newest Label Studio `updated_at`, then highest id).
-Images are those the exported annotations point to; categories are the BrushLabels labels in config order (ids from
-1). Segmentation is the stored COCO RLE written as is, so holes and separate parts stay exactly as drawn; with
-polygons, the outer pixel edges of each part (holes filled: COCO polygons cannot cut them). Area and box come from
-the mask in both cases.
+Images are those the exported annotations point to; categories are the labels of the BrushLabels and PolygonLabels
+controls in config order (ids from 1). A brush region's segmentation is the stored COCO RLE written as is, so holes
+and separate parts stay exactly as drawn; with polygons, the outer pixel edges of each part (holes filled: COCO
+polygons cannot cut them). A polygon region's segmentation is always its polygon, vertex for vertex as Label
+Studio's own COCO export writes it (pixels: x% / 100 * width). Area and box come from the mask in every case.
 
 Memory stays flat: rows are read in chunks (yield_per: a server-side cursor on PostgreSQL) and the JSON is written
 item by item to a temporary file that replaces the output only when complete. A mask that cannot be exported
@@ -98,7 +99,7 @@ def categories(project: Project) -> list[str]:
         raise ExportError(f"project {project.ls_project_id} has no label config stored; "
                           f"run `clickmask sync --project {project.ls_project_id}` to fetch it")
     try:
-        return list(parse_label_config(project.label_config).brush.labels)
+        return list(parse_label_config(project.label_config).labels)
     except LabelConfigError as exc:
         raise ExportError(f"project {project.ls_project_id}: the label config cannot be used: {exc}") from None
 
@@ -120,7 +121,8 @@ def chosen_annotations(project_id: int, latest_only: bool):
 def masks_query(chosen):
     return (
         select(AnnotationMask.id, AnnotationMask.region_id, AnnotationMask.label, AnnotationMask.height,
-               AnnotationMask.width, AnnotationMask.rle_counts, AnnotationMask.area, Annotation.ls_annotation_id,
+               AnnotationMask.width, AnnotationMask.rle_counts, AnnotationMask.area, AnnotationMask.polygon,
+               Annotation.ls_annotation_id,
                Annotation.image_id, Image.height.label("image_height"), Image.width.label("image_width"))
         .join(Annotation, AnnotationMask.annotation_id == Annotation.id)
         .outerjoin(Image, Annotation.image_id == Image.id)
@@ -182,7 +184,7 @@ def annotation_entry(row, category: dict[str, int], report: Report, *, polygons:
         raise MaskError(f"size mismatch: mask is {row.width}x{row.height}, "
                         f"image is {row.image_width}x{row.image_height}")
     if row.label not in category:
-        raise MaskError(f"label not in the config: {row.label!r} is no BrushLabels label of the project")
+        raise MaskError(f"label not in the config: {row.label!r} is no label of the project's answer controls")
     try:
         runs = coco.check_counts(row.rle_counts, row.height, row.width)
     except MaskError as exc:
@@ -197,7 +199,9 @@ def annotation_entry(row, category: dict[str, int], report: Report, *, polygons:
              "label_studio_region_id": row.region_id}
     if polygons or png_dir is not None:
         mask = coco.decode(row.rle_counts, row.height, row.width)
-    if polygons:
+    if row.polygon:  # a polygon region: the annotator's vertices as drawn
+        entry["segmentation"] = [[float(v) for v in row.polygon]]
+    elif polygons:
         entry["segmentation"], holes = coco.outer_polygons(mask)
         report.holes_filled += holes
     else:

@@ -1,9 +1,10 @@
 """Label Studio webhook events turned into annotation rows.
 
-ANNOTATION_CREATED / ANNOTATION_UPDATED store the annotation's brush masks as COCO RLE; ANNOTATIONS_DELETED marks
-annotations deleted. Events may arrive twice or out of order, so an event only applies if it is newer (Label
-Studio's `updated_at`) than what is stored, and a deleted annotation stays deleted. Everything is checked before
-anything is written, and each event is written in one transaction: a rejected event leaves no trace but a log line.
+ANNOTATION_CREATED / ANNOTATION_UPDATED store the annotation's brush and polygon regions as masks (COCO RLE);
+ANNOTATIONS_DELETED marks annotations deleted. Events may arrive twice or out of order, so an event only applies if
+it is newer (Label Studio's `updated_at`) than what is stored, and a deleted annotation stays deleted. Everything is
+checked before anything is written, and each event is written in one transaction: a rejected event leaves no trace
+but a log line.
 """
 from __future__ import annotations
 
@@ -119,7 +120,7 @@ def apply_annotation(session: Session, project_in: ParsedProject, parsed: Parsed
     row.was_cancelled, row.lead_time, row.updated_at = parsed.was_cancelled, parsed.lead_time, parsed.updated_at
     row.masks = [
         AnnotationMask(region_id=m.region_id, from_name=m.from_name, label=m.label, height=m.rle.height,
-                       width=m.rle.width, rle_counts=m.rle.counts, area=m.rle.area)
+                       width=m.rle.width, rle_counts=m.rle.counts, area=m.rle.area, polygon=m.polygon)
         for m in parsed.masks
     ]
     return "applied", f"annotation {parsed.ls_id} stored with {len(parsed.masks)} mask(s)"

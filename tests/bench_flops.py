@@ -38,7 +38,7 @@ def ingress_work(masks: list[np.ndarray]) -> tuple[list[float], list[float]]:
     brush, coco = [], []
     for mask in masks:
         t0 = time.process_time()
-        protocol.brush_result(mask, config, "Object", 0.9)
+        protocol.brush_result(mask, config.answer_for("Object"), 0.9)
         t1 = time.process_time()
         encode(mask)
         t2 = time.process_time()

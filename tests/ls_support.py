@@ -273,6 +273,14 @@ STANDARD_CONFIG = """<View>
 </View>"""
 
 
+POLYGON_CONFIG = """<View>
+  <Image name="image" value="$image" zoom="true"/>
+  <PolygonLabels name="poly" toName="image"><Label value="Object" background="#00A0FF"/></PolygonLabels>
+  <KeyPointLabels name="kp" toName="image" smart="true">\
+<Label value="Object" smart="true" background="#000000" showInline="true"/></KeyPointLabels>
+</View>"""
+
+
 def eval_images(count: int = 1, dataset: str = "grabcut33") -> list[Path]:
     """The first `count` images of an eval set in shared/datasets (read in place, never copied into the repo)."""
     folder = SHARED / "datasets" / "eval" / dataset / "images"

@@ -16,7 +16,7 @@ import pytest
 from label_studio_sdk.converter.brush import decode_rle, mask2rle
 
 from browser_support import artifacts_dir, changed, decode_png, launch
-from ls_support import STANDARD_CONFIG, eval_images, smart_keypoint
+from ls_support import POLYGON_CONFIG, STANDARD_CONFIG, eval_images, smart_keypoint
 from support import DATASETS
 from workers.model.clicker import Clicker
 from workers.model.datasets import read_ignore, read_mask
@@ -54,9 +54,10 @@ def stack(serve_http, label_studio, tmp_path_factory):
     engine.dispose()
 
 
-def new_project(label_studio, stack, title: str, count: int) -> tuple[int, int, list[dict]]:
+def new_project(label_studio, stack, title: str, count: int,
+                config: str = STANDARD_CONFIG) -> tuple[int, int, list[dict]]:
     """(project id, backend id, tasks) of a fresh project with `count` eval images and the backend connected."""
-    project = label_studio.create_project(STANDARD_CONFIG, title=title)
+    project = label_studio.create_project(config, title=title)
     for path in eval_images(count):  # one file per import: the multi-file form keeps only one
         tasks = label_studio.upload_images(project, [path])
     backend = label_studio.connect_backend(project, stack["url"], basic_auth=AUTH)
@@ -132,6 +133,25 @@ def choose_smart_keypoint(page) -> None:
     page.locator('.lsf-toolbar__smart button[aria-label="key-point-tool"]').click()
 
 
+def open_task(page, label_studio, project: int, task: dict) -> None:
+    """Log in as the annotator and open the task in the labeling UI."""
+    page.goto(f"{label_studio.url}/user/login/")
+    page.fill("input[name=email]", label_studio.username)
+    page.fill("input[name=password]", label_studio.password)
+    page.click("button[type=submit]")
+    page.wait_for_url(lambda url: "/user/login" not in url)  # Label Studio's home page
+    page.goto(f"{label_studio.url}/projects/{project}/data?task={task['id']}")
+    page.locator('img[alt="image"]').wait_for(state="attached")
+    page.locator(".konvajs-content").wait_for()
+
+
+def auto_annotation_with_smart_keypoint(page) -> None:
+    toggle = page.get_by_test_id("bottombar-auto-annotation-toggle")
+    page.locator("label", has=toggle).click()
+    assert toggle.is_checked()
+    choose_smart_keypoint(page)
+
+
 def shoot(page, folder: Path, name: str) -> np.ndarray:
     data = page.screenshot(path=str(folder / f"{name}.png"))
     return decode_png(data)
@@ -176,22 +196,9 @@ def test_label_studio_ui_click_shows_the_backends_brush_region_and_alt_click_cha
         context.set_default_timeout(UI_TIMEOUT_MS)
         page = context.new_page()
         try:
-            # Log in as the annotator and open the task in the labeling UI.
-            page.goto(f"{label_studio.url}/user/login/")
-            page.fill("input[name=email]", label_studio.username)
-            page.fill("input[name=password]", label_studio.password)
-            page.click("button[type=submit]")
-            page.wait_for_url(lambda url: "/user/login" not in url)  # Label Studio's home page
-            page.goto(f"{label_studio.url}/projects/{project}/data?task={task['id']}")
-            page.locator('img[alt="image"]').wait_for(state="attached")
-            page.locator(".konvajs-content").wait_for()
+            open_task(page, label_studio, project, task)
             shoot(page, shots, "1-task-open")
-
-            # Auto-annotation on, then the smart keypoint.
-            toggle = page.get_by_test_id("bottombar-auto-annotation-toggle")
-            page.locator("label", has=toggle).click()
-            assert toggle.is_checked()
-            choose_smart_keypoint(page)
+            auto_annotation_with_smart_keypoint(page)
             before = shoot(page, shots, "2-smart-keypoint-chosen")
             screen = Screen(page, shape)
 
@@ -241,6 +248,65 @@ def test_label_studio_ui_click_shows_the_backends_brush_region_and_alt_click_cha
             shoot(page, shots, "last")
             context.close()
     assert len(stored) == 1 and (stored[0] == mask2).all(), "the submitted mask is not the backend's last answer"
+
+
+def test_label_studio_ui_click_in_a_polygon_project_shows_an_editable_polygon(label_studio, stack,
+                                                                              tmp_path_factory):
+    """A PolygonLabels project: the smart click comes back as a polygon region, which the UI draws where the
+    model's mask is, and which the annotator can select (its vertices become handles), accept and submit."""
+    from playwright.sync_api import sync_playwright
+
+    from integrations.polygons import draw
+
+    project, _, tasks = new_project(label_studio, stack, "browser polygons", 1, config=POLYGON_CONFIG)
+    (task,) = tasks
+    gt, ignore = ground_truth(task)
+    shape = gt.shape
+    shots = artifacts_dir(tmp_path_factory, "label-studio-polygon")
+    with sync_playwright() as pw:
+        context = launch(pw, tmp_path_factory.mktemp("chromium-profile"), viewport={"width": 1400, "height": 900})
+        context.set_default_timeout(UI_TIMEOUT_MS)
+        page = context.new_page()
+        try:
+            open_task(page, label_studio, project, task)
+            auto_annotation_with_smart_keypoint(page)
+            before = shoot(page, shots, "1-smart-keypoint-chosen")
+            screen = Screen(page, shape)
+            first = Clicker(gt, ignore).click(None)
+            with page.expect_response("**/interactive-annotating", timeout=UI_TIMEOUT_MS) as reply:
+                screen.click(first.x, first.y)
+            answer = reply.value.json()
+            assert "errors" not in answer and "errors" not in answer.get("data", {}), answer
+            regions = answer["data"]["result"]
+            assert regions and {r["type"] for r in regions} == {"polygonlabels"}
+            height, width = shape
+            polygons = [np.array(r["value"]["points"]) / 100 * (width, height) for r in regions]
+            mask = draw(polygons, width, height)
+            inside, outside = screen.project(mask, before.shape, [(first.x, first.y)])
+            assert inside.sum() > 500, "the mask covers too little of the screen to check"
+            shown = wait_for_screen(page, shots, "2-click-polygon-region",
+                                    lambda shot: changed(before, shot)[inside].mean() > .5)
+            on_mask, off_mask = changed(before, shown)[inside].mean(), changed(before, shown)[outside].mean()
+            print(f"polygon answer: {len(regions)} region(s), {sum(len(p) for p in polygons)} vertices; screen "
+                  f"changed on the mask {on_mask:.2f}, elsewhere {off_mask:.2f}")
+            assert on_mask > .5, f"the polygon is not drawn where the mask is ({on_mask:.2f} changed)"
+            assert off_mask < .1, f"the screen changed away from the polygon too ({off_mask:.2f})"
+
+            # Accept, then select the polygon: the editor shows its vertices as handles to drag.
+            page.get_by_test_id("bottombar-accept-suggestions-button").click()
+            page.locator(".lsf-outliner-item").first.click()
+            handles = page.locator(".konvajs-content canvas")
+            handles.first.wait_for()
+            selected = wait_for_screen(page, shots, "3-polygon-selected-for-editing",
+                                       lambda shot: changed(shown, shot).mean() > 0.0005)
+            assert changed(shown, selected).sum() > 0, "selecting the polygon changed nothing on screen"
+            page.locator('button[aria-label="Submit current annotation"]').click()
+            stored = wait_for_annotations(stack, project, 1)
+            shoot(page, shots, "4-submitted")
+        finally:
+            shoot(page, shots, "last")
+            context.close()
+    assert len(stored) == 1 and (stored[0] == mask).all(), "the submitted polygon is not the backend's answer"
 
 
 def wait_for_annotations(stack, project: int, count: int, timeout_s: float = 90.0) -> list[np.ndarray]:

@@ -31,8 +31,8 @@ import requests
 from label_studio_sdk.converter.brush import decode_rle
 from sqlalchemy import select
 
-from ls_support import STANDARD_CONFIG, eval_images, smart_keypoint
-from support import DATASETS
+from ls_support import POLYGON_CONFIG, STANDARD_CONFIG, eval_images, smart_keypoint
+from support import DATASETS, wait_for
 from workers.model import Click
 from workers.model.clicker import Clicker
 from workers.model.datasets import read_ignore, read_image, read_mask
@@ -72,7 +72,7 @@ def backend(serve_http, label_studio, tmp_path_factory):
     db_url = f"sqlite:///{root / 'clickmask.db'}"
     command.upgrade(alembic_config(db_url), "head")
     images = ImageSettings(label_studio_url=label_studio.url, label_studio_api_key=label_studio.pat)
-    state = {"url": serve_http + PREFIX, "db_url": db_url, "checkpoint": digest(base_checkpoint())}
+    state = {"url": serve_http + PREFIX, "db_url": db_url, "checkpoint": digest(base_checkpoint()), "images": images}
 
     def deploy(basic_auth: tuple[str, str] | None = None) -> str:
         if state.get("auth", "none") == basic_auth:
@@ -112,11 +112,23 @@ def brush_mask(answer: dict, width: int, height: int) -> np.ndarray:
     return decode_rle(region["value"]["rle"]).reshape(height, width, 4)[:, :, 3] > 0
 
 
+def polygon_mask(answer: dict, width: int, height: int) -> np.ndarray:
+    """The polygon regions of an interactive answer, drawn as Label Studio fills them, H x W bool."""
+    from integrations.polygons import draw
+
+    assert "errors" not in answer and "errors" not in answer.get("data", {}), answer
+    regions = answer["data"]["result"]
+    assert regions and all(r["type"] == "polygonlabels" and r["value"]["polygonlabels"] == ["Object"]
+                           and (r["original_width"], r["original_height"]) == (width, height) for r in regions)
+    return draw([np.array(r["value"]["points"]) / 100 * (width, height) for r in regions], width, height)
+
+
 def annotate(label_studio, backend_id: int, task: dict, gt: np.ndarray, ignore,
-             answers: list[dict] | None = None) -> tuple[list[Click], list[float]]:
+             answers: list[dict] | None = None, decode=brush_mask,
+             masks: list[np.ndarray] | None = None) -> tuple[list[Click], list[float]]:
     """One object, clicked as the NoC protocol does, every click through Label Studio with the whole history.
-    With `answers`, the smart keypoints and the brush region of the last answer are left there (what the labeling
-    UI holds when the annotator submits)."""
+    With `answers`, the smart keypoints and the answer regions of the last answer are left there (what the labeling
+    UI holds when the annotator submits); with `masks`, the answered masks (as `decode` reads them)."""
     height, width = gt.shape
     clicker = Clicker(gt, ignore)
     regions: list[dict] = []
@@ -133,8 +145,10 @@ def annotate(label_studio, backend_id: int, task: dict, gt: np.ndarray, ignore,
         regions.append(smart_keypoint(click.x * 100 / width, click.y * 100 / height, width, height,
                                       positive=click.positive, region_id=f"t{task['id']}k{len(regions)}"))
         answer = label_studio.interactive_annotating(backend_id, task["id"], regions)
-        mask = brush_mask(answer, width, height)
+        mask = decode(answer, width, height)
         ious.append(iou(gt, mask, ignore))
+        if masks is not None:
+            masks.append(mask)
     if answers is not None and answer is not None:
         answers[:] = [*regions, *answer["data"]["result"]]
     return list(clicker.clicks), ious
@@ -337,3 +351,95 @@ def test_annotated_submitted_synced_and_exported_masks_are_the_served_masks_bit_
         time.sleep(0.2)
     assert stored == set(served), "the webhook did not store every submitted annotation"
     exported(backend["db_url"])
+
+
+def test_a_polygon_project_is_answered_with_polygons_and_its_annotations_sync_export_and_fine_tune(
+        label_studio, backend, offline, tmp_path, monkeypatch, capsys):
+    """A PolygonLabels project: every click comes back as polygon regions that, drawn as Label Studio fills them,
+    match the model run offline on the same clicks; the submitted polygons come back from `clickmask sync` and
+    `clickmask export` with Label Studio's own vertices; and a fine-tuning job runs on the synced project."""
+    from alembic import command
+    from pycocotools.coco import COCO
+
+    from integrations.masks import encode
+    from integrations.polygons import PolygonOptions
+    from migrations import alembic_config
+    from orchestrator.cli import main
+    from orchestrator.db import TrainingJob, make_engine, make_session_factory
+    from orchestrator.db.models import PredictedMask
+    from orchestrator.scheduler import RunnerConfig, Scheduler
+    from orchestrator.settings import FinetuneSettings
+
+    url = backend["deploy"](None)
+    project_id = label_studio.create_project(POLYGON_CONFIG, title="e2e polygons")
+    paths = {p.name: p for p in eval_images(2)}
+    for path in paths.values():
+        tasks = label_studio.upload_images(project_id, [path])
+    backend_id = label_studio.connect_backend(project_id, url)
+
+    submitted: dict[int, tuple[int, int]] = {}  # annotation id -> (width, height)
+    answered: set[str] = set()  # the RLE of every mask the polygons showed
+    for task in tasks:
+        path = paths[upload_name(task)]
+        mask_path = GRABCUT / "masks" / f"{path.stem}.png"
+        gt, ignore = read_mask(mask_path), read_ignore(mask_path)
+        result: list[dict] = []
+        served: list[np.ndarray] = []
+        clicks, _ = annotate(label_studio, backend_id, task, gt, ignore, answers=result, decode=polygon_mask,
+                             masks=served)
+        offline.set_image(read_image(path))
+        prev = None
+        for k, drawn in enumerate(served, 1):
+            prev = offline.predict(clicks[:k], prev)
+            assert iou(prev.mask, drawn) >= PolygonOptions().min_iou, (path.name, k, iou(prev.mask, drawn))
+            answered.add(encode(drawn).counts)
+        height, width = gt.shape
+        submitted[label_studio.create_annotation(task["id"], result)] = (width, height)
+
+    # Each click was recorded with the mask the annotator saw: the polygons drawn back.
+    def recorded() -> set[str]:
+        with backend["factory"]() as session:
+            return set(session.scalars(select(PredictedMask.rle_counts)))
+
+    wait_for(lambda: answered <= recorded(), "every polygon answer recorded", timeout=20)
+
+    def cli(*argv: str) -> tuple[int, str, str]:
+        code = main([*argv, "--no-progress"])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    monkeypatch.setenv("LABEL_STUDIO_URL", label_studio.url)
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", label_studio.pat)
+    fresh = f"sqlite:///{tmp_path / 'synced.db'}"
+    command.upgrade(alembic_config(fresh), "head")
+    monkeypatch.setenv("CLICKMASK_DATABASE_URL", fresh)
+    code, stdout, stderr = cli("sync", "--project", str(project_id))
+    assert code == 0 and "2 task(s), 2 annotation(s): 2 stored or updated" in stdout, stderr
+    out = tmp_path / "coco.json"
+    code, stdout, stderr = cli("export", "--project", str(project_id), "--format", "coco", "--out", str(out))
+    assert code == 0 and "skipped 0 mask(s)" in stdout, stderr
+    exported = {(a["label_studio_annotation_id"], a["label_studio_region_id"]): a
+                for a in COCO(str(out)).dataset["annotations"]}
+    expected = {}
+    for annotation_id, (width, height) in submitted.items():  # the vertices as Label Studio holds them
+        for region in label_studio.api("GET", f"/api/annotations/{annotation_id}")["result"]:
+            if region["type"] == "polygonlabels":
+                vertices = [v for x, y in region["value"]["points"] for v in (x / 100 * width, y / 100 * height)]
+                expected[(annotation_id, region["id"])] = vertices
+    assert expected and sorted(exported) == sorted(expected)
+    for key, vertices in expected.items():
+        assert exported[key]["segmentation"] == [vertices], key
+
+    # Fine-tuning on the synced polygon project: the masks drawn from the polygons are its training data.
+    engine = make_engine(fresh)
+    factory = make_session_factory(engine)
+    settings = FinetuneSettings(every_annotations=1, every_minutes=0, samples=16, eval_objects=2, timeout_minutes=5,
+                                cpus=0, min_val_objects=0)
+    runner = RunnerConfig(store_url=str(tmp_path / "store"), images=backend["images"], base_name="base",
+                          base_checkpoint="base", finetune=settings, poll_s=0.2, heartbeat_s=0.5)
+    (job_id,) = Scheduler(factory, runner).tick()
+    with factory() as session:
+        job = session.get(TrainingJob, job_id)
+        assert job.state == "succeeded", job.error
+        assert job.train_count + job.val_count == 2
+    engine.dispose()

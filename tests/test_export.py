@@ -300,3 +300,34 @@ def test_check_counts_agrees_with_pycocotools_and_refuses_damage():
         except MaskError:
             continue
         assert runs.sum() == h * w and (runs >= 0).all()
+
+
+def test_a_polygon_region_is_exported_as_its_own_vertices_and_a_brush_region_as_before(session_factory, cli,
+                                                                                        tmp_path):
+    from integrations.polygons import draw
+
+    config = CONFIG.replace("</View>", '<PolygonLabels name="poly" toName="image"><Label value="Fish"/>'
+                                       '</PolygonLabels></View>')
+    vertices = [5.0, 4.0, 30.5, 6.25, 41.0, 30.0, 12.2, 33.9]  # pixels, as Label Studio's percentages give them
+    polygon_mask = draw([np.reshape(vertices, (-1, 2))], W, H)
+    brush_mask = disk(18, 26, 6)
+    with session_factory.begin() as session:
+        project = add_project(session, config=config)
+        image = add_image(session, project, "/data/upload/7/p.png", task=1)
+        row = add_annotation(session, project, image, 1, [("Dog", brush_mask)])
+        rle = encode(polygon_mask)
+        row.masks.append(AnnotationMask(region_id="p1", from_name="poly", label="Fish", height=H, width=W,
+                                        rle_counts=rle.counts, area=rle.area, polygon=vertices))
+        session.flush()
+        polygon_id = row.masks[-1].id
+    for options in ((), ("--polygons",)):
+        out, _, _ = export(cli, tmp_path, *options)
+        coco = COCO(str(out))
+        assert [c["name"] for c in coco.dataset["categories"]] == ["Cat", "Dog", "Bird", "Fish"]
+        anns = {a["id"]: a for a in coco.dataset["annotations"]}
+        polygon = anns.pop(polygon_id)
+        assert polygon["segmentation"] == [vertices], options
+        assert coco.cats[polygon["category_id"]]["name"] == "Fish" and polygon["area"] == int(polygon_mask.sum())
+        (brush,) = anns.values()
+        assert isinstance(brush["segmentation"], list) == bool(options)  # RLE unless --polygons
+        assert np.array_equal(coco.annToMask(brush).astype(bool), brush_mask)

@@ -69,7 +69,7 @@ class StandIn(BaseHTTPRequestHandler):
                 if self.plain_errors:
                     return self._answer(protocol.error_response(str(exc)))
                 return self._answer(protocol.interactive_error_response(VERSION, str(exc)))
-            results = [protocol.brush_result(disk_mask(o), request.config, o.brush_label, 0.9) for o in request.objects]
+            results = [protocol.brush_result(disk_mask(o), o.answer, 0.9) for o in request.objects]
             return self._answer(protocol.predict_response([protocol.prediction(results, 0.9, VERSION)]))
         self._answer({})
 
@@ -152,7 +152,7 @@ def test_webhook_reaches_backend_with_basic_auth(label_studio, ls_project, stand
     config = parse_label_config(label_studio.api("GET", f"/api/projects/{project_id}")["label_config"])
     mask = np.zeros((20, 30), bool)
     mask[5:15, 10:20] = True
-    region = protocol.brush_result(mask, config, "Object")
+    region = protocol.brush_result(mask, config.answer_for("Object"))
     annotation_id = label_studio.create_annotation(tasks[0]["id"], [region])
 
     deadline = time.monotonic() + 30

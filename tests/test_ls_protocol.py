@@ -11,7 +11,7 @@ from label_studio_sdk.converter.brush import decode_rle
 
 from integrations.label_studio import protocol
 from integrations.label_studio.errors import LabelConfigError, ProtocolError
-from integrations.label_studio.labeling_config import parse_label_config
+from integrations.label_studio.labeling_config import Answer, parse_label_config
 from ls_support import STANDARD_CONFIG
 from workers.model import Click
 
@@ -35,26 +35,26 @@ def config_with(brush_labels: str, extra: str = "", image: str = '<Image name="i
 def test_standard_config():
     config = parse_label_config(STANDARD_CONFIG)
     assert (config.image_name, config.image_key) == ("image", "image")
-    assert (config.brush.name, config.brush.labels) == ("tag", ("Object",))
+    assert [(t, c.name, c.labels) for t, c in config.answers] == [("brushlabels", "tag", ("Object",))]
     assert config.smart_control("kp", "keypointlabels").labels == ("Object",)
     assert config.smart_control("rect", "rectanglelabels").to_name == "image"
-    assert config.brush_label("Object") == "Object"
+    assert config.answer_for("Object") == Answer("brushlabels", "tag", "image", "Object")
 
 
 def test_recorded_setup_config_maps_labels_by_name(ls_request):
     setup = protocol.parse_setup(ls_request("setup"))
     assert setup.project == "1.1795586130"
     config = setup.config
-    assert config.brush.name == "brush" and config.brush.labels == ("Cat", "Dog")
-    assert config.brush_label("Dog") == "Dog"
-    with pytest.raises(LabelConfigError, match="'Horse' has no BrushLabels counterpart"):
-        config.brush_label("Horse")
+    assert config.labels == ("Cat", "Dog")
+    assert config.answer_for("Dog").label == "Dog"
+    with pytest.raises(LabelConfigError, match="'Horse' has no counterpart in the answer controls 'brush'"):
+        config.answer_for("Horse")
 
 
 def test_single_brush_label_takes_every_smart_label():
     config = parse_label_config(config_with('<Label value="Thing"/>'))
     assert (config.image_name, config.image_key) == ("img", "photo")
-    assert config.brush_label("Cat") == config.brush_label("Dog") == "Thing"
+    assert config.answer_for("Cat").label == config.answer_for("Dog").label == "Thing"
 
 
 def test_smart_control_must_exist_with_its_type():
@@ -121,13 +121,13 @@ def test_positive_and_negative_keypoints(ls_request):
     (obj,) = request.objects
     # 320 x 240 image: (50 %, 50 %) and (80 %, 20 %), the second an Alt-click; request order kept.
     assert obj.clicks == (Click(160.0, 120.0, True), Click(256.0, 48.0, False))
-    assert (obj.label, obj.brush_label, obj.width, obj.height, obj.box) == ("Cat", "Cat", 320, 240, None)
+    assert (obj.label, obj.answer.label, obj.width, obj.height, obj.box) == ("Cat", "Cat", 320, 240, None)
     assert obj.region_ids == ("kP1aB2cD3e", "nEg9xY8wV7")
 
 
 def test_rectangle(ls_request):
     (obj,) = protocol.parse_predict(ls_request("predict_interactive_rectangle")).objects
-    assert obj.clicks == () and (obj.label, obj.brush_label) == ("Dog", "Dog")
+    assert obj.clicks == () and (obj.label, obj.answer.label) == ("Dog", "Dog")
     # 400 x 300 image, x 25 %, y 16.67 %, width 37.5 %, height 33.33 %
     assert obj.box == pytest.approx((100.0, 50.01, 250.0, 150.0))
 
@@ -186,8 +186,8 @@ def test_smart_label_mapped_to_the_only_brush_label(ls_request):
                                                         "</Brush").replace('"Cat" background="#FF0000"/>\n    </Brush',
                                                                            '"Cat" background="#FF0000"/></Brush')
     config = parse_label_config(body["label_config"])
-    assert config.brush.labels == ("Cat",)
-    assert protocol.parse_predict(body).objects[0].brush_label == "Cat"
+    assert config.labels == ("Cat",)
+    assert protocol.parse_predict(body).objects[0].answer.label == "Cat"
 
 
 def test_clicks_on_the_far_edge_stay_inside_the_image(ls_request):
@@ -303,8 +303,8 @@ def test_unmappable_label_is_a_protocol_error(ls_request):
     body = ls_request("predict_interactive_pos_neg_keypoints")
     # The brush control has two labels, neither of them "Cat": no mapping is possible.
     body["label_config"] = body["label_config"].replace('"Cat" background', '"Bird" background', 1)
-    assert parse_label_config(body["label_config"]).brush.labels == ("Bird", "Dog")
-    with pytest.raises(ProtocolError, match="'Cat' has no BrushLabels counterpart"):
+    assert parse_label_config(body["label_config"]).labels == ("Bird", "Dog")
+    with pytest.raises(ProtocolError, match="'Cat' has no counterpart in the answer controls"):
         protocol.parse_predict(body)
 
 
@@ -347,7 +347,7 @@ def test_brush_result_decodes_to_the_same_mask(ls_request, form):
     mask = blob_mask()
     given = {"bool": mask, "0/1": mask.astype(np.uint8), "0/255": mask.astype(np.uint8) * 255}[form]
     config = protocol.parse_predict(ls_request("predict_interactive_pos_neg_keypoints")).config
-    region = protocol.brush_result(given, config, "Cat", score=0.75)
+    region = protocol.brush_result(given, config.answer_for("Cat"), score=0.75)
     assert {k: region[k] for k in ("type", "from_name", "to_name", "original_width", "original_height")} == {
         "type": "brushlabels", "from_name": "brush", "to_name": "image", "original_width": 320,
         "original_height": 240}
@@ -362,12 +362,12 @@ def test_brush_result_decodes_to_the_same_mask(ls_request, form):
 def test_brush_result_needs_a_2d_mask():
     config = parse_label_config(STANDARD_CONFIG)
     with pytest.raises(ValueError, match="H x W"):
-        protocol.brush_result(np.zeros((4, 4, 3), bool), config, "Object")
+        protocol.brush_result(np.zeros((4, 4, 3), bool), config.answer_for("Object"))
 
 
 def test_response_shapes():
     config = parse_label_config(STANDARD_CONFIG)
-    region = protocol.brush_result(np.ones((2, 3), bool), config, "Object")
+    region = protocol.brush_result(np.ones((2, 3), bool), config.answer_for("Object"))
     answer = protocol.predict_response([protocol.prediction([region], 0.5, "v1"), protocol.prediction([], 0, "v1")])
     assert answer == {"results": [{"result": [region], "score": 0.5, "model_version": "v1"},
                                   {"result": [], "score": 0.0, "model_version": "v1"}]}

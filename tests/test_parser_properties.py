@@ -184,7 +184,7 @@ def test_any_label_config_parses_or_is_a_protocol_error(xml):
     except ProtocolError as exc:
         assert str(exc)
         return
-    assert config.brush.labels and config.smart
+    assert config.answers and config.labels and config.smart
 
 
 @pytest.mark.parametrize("depth, message", [(28_000, "more than 5000 elements"), (4_900, "no <BrushLabels>")])

@@ -102,7 +102,7 @@ def test_interactive_click_gets_one_brush_mask_at_the_natural_size(served):
 
     config = parse_label_config(body["label_config"])
     assert result["type"] == "brushlabels"
-    assert (result["from_name"], result["to_name"]) == (config.brush.name, config.image_name)
+    assert (result["from_name"], result["to_name"]) == (config.answers[0][1].name, config.image_name)
     assert result["value"]["brushlabels"] == ["Cat"]
     mask = decode_brush(result)
     assert mask.shape == (H, W) and set(np.unique(mask)) <= {0, 255}

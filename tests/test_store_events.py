@@ -231,3 +231,48 @@ def test_concurrent_deliveries_of_the_same_event_store_it_once(session_factory, 
         thread.join()
     assert sorted(outcomes) == ["applied", "ignored", "ignored", "ignored"]
     assert counts(session_factory) == {"projects": 1, "images": 1, "annotations": 1, "annotation_masks": 1}
+
+
+def with_polygon(body, points, **changes):
+    """The recorded annotation with its brush region replaced by a polygon region of a PolygonLabels control."""
+    project = body["project"]
+    project["parsed_label_config"]["poly"] = {**project["parsed_label_config"]["brush"], "type": "PolygonLabels"}
+    region = {"id": "pg1", "from_name": "poly", "to_name": "image", "type": "polygonlabels",
+              "original_width": 400, "original_height": 300, "image_rotation": 0,
+              "value": {"points": points, "closed": True, "polygonlabels": ["Dog"]}, **changes}
+    body["annotation"]["result"][0] = region
+    return body
+
+
+def test_a_polygon_region_is_stored_as_the_mask_it_draws_with_its_vertices(session_factory, created):
+    from integrations.polygons import draw
+
+    points = [[10.0, 10.0], [60.5, 12.25], [55.0, 80.0], [12.5, 70.0]]  # percent
+    outcome = handle_event(session_factory, with_polygon(created, points))
+    assert outcome.status == "applied", outcome
+    pixels = [[x / 100 * 400, y / 100 * 300] for x, y in points]  # as Label Studio's COCO export computes them
+    with session_factory() as session:
+        (mask,) = session.scalars(select(AnnotationMask)).all()
+        assert (mask.from_name, mask.label, mask.width, mask.height) == ("poly", "Dog", 400, 300)
+        assert mask.polygon == [v for point in pixels for v in point]
+        stored_mask = decode(CocoRle(mask.rle_counts, mask.height, mask.width, mask.area))
+        assert np.array_equal(stored_mask, draw([np.array(pixels)], 400, 300)) and mask.area > 20_000
+        assert session.scalars(select(Image)).one().uri == IMAGE_URI
+
+
+@pytest.mark.parametrize("points, changes, message", [
+    ([[10, 10], [20, 20]], {}, "3 to 20000"),
+    ([[10, 10]] * 20_001, {}, "3 to 20000"),
+    ([[10, 10], [20, "x"], [5, 5]], {}, "pairs of percentages"),
+    ([[10, 10], [20, float("nan")], [5, 5]], {}, "pairs of percentages"),
+    ([[10, 10], [20, 1e9], [5, 5]], {}, "pairs of percentages"),
+    ([[10, 10], [20, 20, 3], [5, 5]], {}, "pairs of percentages"),
+    ([[10, 10], [20, 20], [5, 5]], {"original_width": 0}, "positive integer"),
+    ([[10, 10], [20, 20], [5, 5]], {"original_width": 100_000, "original_height": 100_000}, "larger than"),
+    ({"x": 1}, {}, "3 to 20000"),
+])
+def test_a_broken_polygon_region_rejects_the_event_and_stores_nothing(session_factory, created, points, changes,
+                                                                       message):
+    outcome = handle_event(session_factory, with_polygon(created, points, **changes))
+    assert outcome.status == "rejected" and message in outcome.reason, outcome
+    assert counts(session_factory)["annotation_masks"] == 0

@@ -33,7 +33,7 @@ INDEXES = {
 }
 
 
-HEAD = "0002"  # the latest revision
+HEAD = "0003"  # the latest revision
 
 
 def tables(url):

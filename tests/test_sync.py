@@ -80,7 +80,7 @@ def project(studio):
 def submit(label_studio, task_id: int, masks: list[tuple[str, np.ndarray]], **fields) -> tuple[int, list[str]]:
     """An annotator's submit: the brush regions the backend answered, posted as the task's annotation."""
     config = parse_label_config(CONFIG)
-    results = [brush_result(mask, config, label) for label, mask in masks]
+    results = [brush_result(mask, config.answer_for(label)) for label, mask in masks]
     answer = label_studio.api("POST", f"/api/tasks/{task_id}/annotations",
                               json={"result": results, "lead_time": 4.2, **fields})
     return answer["id"], [r["id"] for r in results]
@@ -167,11 +167,11 @@ def test_updates_deletions_and_broken_annotations(studio, project, tmp_path):
 
     # Edited in Label Studio (as the annotator's update does: new regions replace the old ones).
     config = parse_label_config(CONFIG)
-    replacement = brush_result(a["replacement"], config, "Part")
+    replacement = brush_result(a["replacement"], config.answer_for("Part"))
     label_studio.api("PATCH", f"/api/annotations/{edited}", json={"result": [replacement]})
     label_studio.api("DELETE", f"/api/annotations/{removed}", expect=(204,))
     # A brush region that does not fit its image: refused, the rest still stored.
-    broken = brush_result(b["blob"], config, "Object")
+    broken = brush_result(b["blob"], config.answer_for("Object"))
     broken["original_width"] += 1
     broken_id = label_studio.api("POST", f"/api/tasks/{task_b}/annotations", json={"result": [broken]})["id"]
 

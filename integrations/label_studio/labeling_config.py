@@ -5,9 +5,14 @@ no external reference) after a size check, and only tag names and a few attribut
 labeling config that `clickmask serve` prints and the README shows):
 
     <Image name="image" value="$image"/>                       -> image_name "image", image_key "image"
-    <BrushLabels name="tag" toName="image"><Label value=.../>  -> the control the answers are written to
+    <BrushLabels name="tag" toName="image"><Label value=.../>  -> answers as brush masks (at most one such control)
+    <PolygonLabels name="poly" toName="image"><Label .../>     -> answers as polygons (at most one such control)
     <KeyPointLabels name="kp" toName="image" smart="true">     -> smart clicks (any number of such controls)
     <RectangleLabels name="rect" toName="image" smart="true">  -> smart boxes (any number of such controls)
+
+Which control answers a smart label (`answer_for`): the first answer control, in config order, that has a label of
+the same name; failing that, the first answer control with a single label. So a config with both a BrushLabels and
+a PolygonLabels control holding the same labels is answered by whichever comes first.
 """
 from __future__ import annotations
 
@@ -26,7 +31,10 @@ MAX_CONFIG_CHARS = 200_000
 MAX_ELEMENTS = 5_000
 KEYPOINTS = "keypointlabels"  # region "type" values, as Label Studio writes them
 RECTANGLES = "rectanglelabels"
+BRUSHES = "brushlabels"
+POLYGONS = "polygonlabels"
 _SMART_TAGS = {"KeyPointLabels": KEYPOINTS, "RectangleLabels": RECTANGLES}
+_ANSWER_TAGS = {"BrushLabels": BRUSHES, "PolygonLabels": POLYGONS}
 
 
 @dataclass(frozen=True)
@@ -39,11 +47,26 @@ class Control:
 
 
 @dataclass(frozen=True)
+class Answer:
+    """Where an answer goes: its region type (BRUSHES or POLYGONS), control and label."""
+
+    region_type: str
+    from_name: str
+    to_name: str
+    label: str
+
+
+@dataclass(frozen=True)
 class LabelingConfig:
     image_name: str  # the Image tag's name: to_name of every result
     image_key: str  # the task.data key of the image URL ("$image" -> "image")
-    brush: Control  # from_name of every answer
+    answers: tuple[tuple[str, Control], ...]  # (region type, control) of the answer controls, in config order
     smart: Mapping[str, tuple[str, Control]]  # smart control name -> (region type, control); read-only
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """The answer controls' labels in config order, each once."""
+        return tuple(dict.fromkeys(label for _, control in self.answers for label in control.labels))
 
     def smart_control(self, name: str, region_type: str) -> Control:
         """The smart control a context region names; LabelConfigError unless it exists with that type."""
@@ -52,16 +75,15 @@ class LabelingConfig:
             raise LabelConfigError(f"no smart {region_type} control named {name!r} in the label config")
         return found[1]
 
-    def brush_label(self, label: str) -> str:
-        """The BrushLabels label for a smart region's label: the same name, or the only brush label there is."""
-        if label in self.brush.labels:
-            return label
-        if len(self.brush.labels) == 1:
-            return self.brush.labels[0]
-        raise LabelConfigError(
-            f"label {label!r} has no BrushLabels counterpart in {self.brush.name!r} "
-            f"(labels there: {', '.join(self.brush.labels)})"
-        )
+    def answer_for(self, label: str) -> Answer:
+        """Where the answer to a smart region's label goes (the rule is in the module docstring)."""
+        matches = [(t, c, label) for t, c in self.answers if label in c.labels]
+        matches += [(t, c, c.labels[0]) for t, c in self.answers if len(c.labels) == 1]
+        if not matches:
+            names = ", ".join(f"{c.name!r} ({', '.join(c.labels)})" for _, c in self.answers)
+            raise LabelConfigError(f"label {label!r} has no counterpart in the answer controls {names}")
+        region_type, control, answer_label = matches[0]
+        return Answer(region_type, control.name, control.to_name, answer_label)
 
 
 def _attr(element: Element, name: str) -> str:
@@ -100,28 +122,28 @@ def _parse(xml: str) -> LabelingConfig:
         raise LabelConfigError(f"the label config has more than {MAX_ELEMENTS} elements")
 
     images = {_attr(e, "name"): _attr(e, "value") for e in elements if e.tag == "Image"}
-    brushes = [_control(e) for e in elements if e.tag == "BrushLabels"]
+    answers = tuple((_ANSWER_TAGS[e.tag], _control(e)) for e in elements if e.tag in _ANSWER_TAGS)
     smart = {}
     for e in elements:
         if e.tag in _SMART_TAGS and e.get("smart", "").strip().lower() == "true":
             control = _control(e)
             smart[control.name] = (_SMART_TAGS[e.tag], control)
 
-    if not brushes:
-        raise LabelConfigError("the label config has no <BrushLabels> control to write masks to")
-    if len(brushes) > 1:
-        raise LabelConfigError("the label config has more than one <BrushLabels> control; exactly one is supported")
-    brush = brushes[0]
-    if brush.to_name not in images:
-        raise LabelConfigError(f"<BrushLabels name={brush.name!r}> points to {brush.to_name!r}, which is no <Image>")
+    if not answers:
+        raise LabelConfigError("the label config has no <BrushLabels> or <PolygonLabels> control to answer with")
+    for tag, region_type in _ANSWER_TAGS.items():
+        if sum(t == region_type for t, _ in answers) > 1:
+            raise LabelConfigError(f"the label config has more than one <{tag}> control; at most one is supported")
+    image = answers[0][1].to_name
+    if image not in images:
+        raise LabelConfigError(f"answer control {answers[0][1].name!r} points to {image!r}, which is no <Image>")
     if not smart:
         raise LabelConfigError('the label config has no smart <KeyPointLabels> or <RectangleLabels> (smart="true")')
-    for _, control in smart.values():
-        if control.to_name != brush.to_name:
-            raise LabelConfigError(
-                f"smart control {control.name!r} points to {control.to_name!r}, not to the brush's {brush.to_name!r}"
-            )
-    value = images[brush.to_name]
+    for _, control in (*answers, *smart.values()):
+        if control.to_name != image:
+            raise LabelConfigError(f"control {control.name!r} points to {control.to_name!r}, not to the image "
+                                   f"{image!r} the answers go to")
+    value = images[image]
     if not value.startswith("$") or len(value) < 2:
-        raise LabelConfigError(f"<Image name={brush.to_name!r}> value must be a task variable like '$image'")
-    return LabelingConfig(image_name=brush.to_name, image_key=value[1:], brush=brush, smart=MappingProxyType(smart))
+        raise LabelConfigError(f"<Image name={image!r}> value must be a task variable like '$image'")
+    return LabelingConfig(image_name=image, image_key=value[1:], answers=answers, smart=MappingProxyType(smart))

@@ -21,10 +21,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from integrations.polygons import PolygonOptions, mask_to_polygons
 from workers.model.clicks import Click, scaled_into
 
 from .errors import ProtocolError
-from .labeling_config import KEYPOINTS, RECTANGLES, LabelingConfig, parse_label_config
+from .labeling_config import KEYPOINTS, RECTANGLES, Answer, LabelingConfig, parse_label_config
 
 MAX_BODY_BYTES = 64 * 1024 * 1024  # interactive bodies carry every earlier prediction's RLE: generous, bounded
 MAX_TASKS = 10_000
@@ -47,7 +48,7 @@ class SmartObject:
 
     key: str  # per-object state key (hex digest), see the module docstring
     label: str  # the smart region's label
-    brush_label: str  # the BrushLabels label the answer carries
+    answer: Answer  # where the answer goes: brush or polygon, control and label
     width: int  # original_width, original_height: the image's natural size as Label Studio knows it
     height: int
     clicks: tuple[Click, ...]  # from smart keypoints; may be empty when a box is given
@@ -257,31 +258,50 @@ def _object(label: str, group: list[_Region], config: LabelingConfig, scope: str
         raise ProtocolError(f"the object labelled {label!r} needs a positive click (or a box) first")
     key_source = "\x00".join((scope, label, group[0].id))
     key = hashlib.sha256(key_source.encode("utf-8", "surrogatepass")).hexdigest()[:32]
-    return SmartObject(key, label, config.brush_label(label), width, height, tuple(clicks), box,
+    return SmartObject(key, label, config.answer_for(label), width, height, tuple(clicks), box,
                        tuple(r.id for r in group))
 
 
 # --------------------------------------------------------------------------------------------------- answers
 
 
-def brush_result(mask: np.ndarray, config: LabelingConfig, label: str, score: float | None = None) -> dict:
+def brush_result(mask: np.ndarray, answer: Answer, score: float | None = None) -> dict:
     """One brush region for Label Studio. mask: H x W (the image's natural size), bool or 0/1 or 0/255; it is
-    sent as 0/255 (0/1 would decode but render nearly invisible). `label` is a BrushLabels label."""
+    sent as 0/255 (0/1 would decode but render nearly invisible)."""
     from label_studio_sdk.converter.brush import mask2rle
 
     if mask.ndim != 2 or mask.size == 0:
         raise ValueError(f"mask must be a non-empty H x W array, got shape {mask.shape}")
     height, width = mask.shape
+    rle = mask2rle(np.where(mask > 0, 255, 0).astype(np.uint8))
+    value = {"format": "rle", "rle": rle, "brushlabels": [answer.label]}
+    return _answer_region(answer, width, height, value, score)
+
+
+def polygon_results(mask: np.ndarray, answer: Answer, options: PolygonOptions | None = None,
+                    score: float | None = None) -> tuple[list[dict], list[np.ndarray]]:
+    """Polygon regions for Label Studio, one per part of the mask (see integrations.polygons), and the polygons
+    themselves in pixels (for drawing the answer back). mask: H x W at the image's natural size."""
+    if mask.ndim != 2 or mask.size == 0:
+        raise ValueError(f"mask must be a non-empty H x W array, got shape {mask.shape}")
+    height, width = mask.shape
+    polygons = mask_to_polygons(mask, options or PolygonOptions())
+    scale = np.array([100.0 / width, 100.0 / height])
+    regions = [_answer_region(answer, width, height, {"points": (polygon * scale).tolist(), "closed": True,
+                                               "polygonlabels": [answer.label]}, score) for polygon in polygons]
+    return regions, polygons
+
+
+def _answer_region(answer: Answer, width: int, height: int, value: dict, score: float | None) -> dict:
     result = {
         "id": secrets.token_hex(5),
-        "type": "brushlabels",
-        "from_name": config.brush.name,
-        "to_name": config.image_name,
+        "type": answer.region_type,
+        "from_name": answer.from_name,
+        "to_name": answer.to_name,
         "original_width": int(width),
         "original_height": int(height),
         "image_rotation": 0,
-        "value": {"format": "rle", "rle": mask2rle(np.where(mask > 0, 255, 0).astype(np.uint8)),
-                  "brushlabels": [label]},
+        "value": value,
     }
     if score is not None:
         result["score"] = float(score)

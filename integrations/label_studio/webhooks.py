@@ -1,20 +1,27 @@
 """Label Studio's webhook bodies, parsed: plain checks on untrusted JSON, no database access.
 
-ANNOTATION_CREATED / ANNOTATION_UPDATED carry an annotation whose brush results become masks (COCO RLE);
+ANNOTATION_CREATED / ANNOTATION_UPDATED carry an annotation whose brush and polygon results become masks (COCO RLE;
+a polygon drawn as Label Studio fills it, see integrations.polygons, and its vertices kept for export);
 ANNOTATIONS_DELETED carries the ids of deleted annotations. Anything that cannot be used raises Rejected with the
 reason; what is kept is cut to the lengths below, which the database's columns are sized by.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from integrations.masks import CocoRle, MaskError, brush_to_mask, encode
+import numpy as np
+
+from integrations.masks import MAX_PIXELS, CocoRle, MaskError, brush_to_mask, encode
+from integrations.polygons import draw
 
 CREATED, UPDATED, DELETED = "ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED"
 # Sent to the same /webhook by Label Studio but handled elsewhere (training) or of no use here.
 OTHER_ACTIONS = {"START_TRAINING", "TASKS_CREATED", "TASKS_DELETED", "PROJECT_UPDATED", "ANNOTATIONS_CREATED"}
 MAX_DELETED_IDS = 10_000
+MAX_POLYGON_POINTS = 20_000  # vertices of one polygon region
+REGION_TYPES = ("brushlabels", "polygonlabels")
 MAX_ID = 2**63 - 1  # Label Studio ids are stored as 64-bit integers: a larger one is refused, not sent to the database
 URI_LENGTH = 2048  # image URIs; a longer one is refused
 NAME_LENGTH = 255  # titles, control names and labels; longer ones are cut
@@ -30,6 +37,7 @@ class ParsedMask:
     from_name: str
     label: str | None
     rle: CocoRle
+    polygon: list[float] | None = None  # a polygon region's vertices, [x1, y1, x2, y2, ...] in pixels
 
 
 @dataclass
@@ -114,45 +122,51 @@ def parse_annotation(body: dict) -> ParsedAnnotation:
         image_uri=None,
         size=None,
     )
-    brushes = [r for r in results if isinstance(r, dict) and str(r.get("type", "")).lower() == "brushlabels"]
-    for number, result in enumerate(brushes, 1):
-        where = f"brush result {str(result.get('id', number))[:64]!r}"
+    regions = [r for r in results if isinstance(r, dict) and str(r.get("type", "")).lower() in REGION_TYPES]
+    for number, result in enumerate(regions, 1):
+        region_type = str(result["type"]).lower()
+        where = f"{region_type[:-6]} result {str(result.get('id', number))[:64]!r}"
         value = result.get("value")
-        if not isinstance(value, dict) or value.get("format", "rle") != "rle":
-            raise Rejected(f"{where}: value is not a brush RLE")
         width, height = result.get("original_width"), result.get("original_height")
         try:
-            mask = brush_to_mask(value.get("rle"), width, height)
+            if region_type == "polygonlabels":
+                polygon = polygon_pixels(value, width, height)
+                mask = draw([np.reshape(polygon, (-1, 2))], width, height)
+            else:
+                polygon = None
+                if not isinstance(value, dict) or value.get("format", "rle") != "rle":
+                    raise MaskError("value is not a brush RLE")
+                mask = brush_to_mask(value.get("rle"), width, height)
         except MaskError as exc:
             raise Rejected(f"{where}: {exc}") from None
         if parsed.size not in (None, (width, height)):
             raise Rejected(f"{where}: mask is {width}x{height} but another mask is {parsed.size[0]}x{parsed.size[1]}")
         parsed.size = (width, height)
-        labels = value.get("brushlabels")
+        labels = value.get(region_type)
         label = labels[0] if isinstance(labels, list) and labels and isinstance(labels[0], str) else None
         from_name = result.get("from_name") if isinstance(result.get("from_name"), str) else ""
         parsed.masks.append(ParsedMask(str(result.get("id", ""))[:64], from_name[:NAME_LENGTH],
-                                       label[:NAME_LENGTH] if label else None, encode(mask)))
+                                       label[:NAME_LENGTH] if label else None, encode(mask), polygon))
     task = body.get("task")
     if isinstance(task, dict):
         task_id = task.get("id")
         if parsed.task_id is None and fits(task_id):
             parsed.task_id = task_id
-        parsed.image_uri = image_uri(task, brushes, body)
+        parsed.image_uri = image_uri(task, regions, body)
     if parsed.masks and parsed.image_uri is None:
         raise Rejected("masks given but no image URI found in task.data")
     return parsed
 
 
-def image_uri(task: dict, brushes: list[dict], body: dict) -> str | None:
-    """The task field holding the image: the one the brush control's Image tag reads ($image -> data["image"])."""
+def image_uri(task: dict, regions: list[dict], body: dict) -> str | None:
+    """The task field holding the image: the one the regions' control's Image tag reads ($image -> data["image"])."""
     data = task.get("data")
     if not isinstance(data, dict):
         return None
     parsed_config = body["project"].get("parsed_label_config")
     keys = []
-    for brush in brushes:
-        name = brush.get("from_name")
+    for region in regions:
+        name = region.get("from_name")
         control = parsed_config.get(name) if isinstance(parsed_config, dict) and isinstance(name, str) else None
         inputs = control.get("inputs") if isinstance(control, dict) else None
         if isinstance(inputs, list):
@@ -166,6 +180,27 @@ def image_uri(task: dict, brushes: list[dict], body: dict) -> str | None:
     if len(uri.encode("utf-8")) > URI_LENGTH:
         raise Rejected(f"image URI longer than {URI_LENGTH} bytes")
     return uri
+
+
+def polygon_pixels(value: object, width: object, height: object) -> list[float]:
+    """A polygon region's vertices (percent of the image, as Label Studio keeps them) in pixels of the image's
+    natural size, flat as COCO writes them: x = x% / 100 * width, as Label Studio's own COCO export has it."""
+    for name, side in (("width", width), ("height", height)):
+        if not isinstance(side, int) or isinstance(side, bool) or side < 1:
+            raise MaskError(f"original_{name} must be a positive integer, not {side!r}")
+    if width * height > MAX_PIXELS:
+        raise MaskError(f"image of {width}x{height} is larger than {MAX_PIXELS} pixels")
+    points = value.get("points") if isinstance(value, dict) else None
+    if not isinstance(points, list) or not 3 <= len(points) <= MAX_POLYGON_POINTS:
+        raise MaskError(f"value.points must be a list of 3 to {MAX_POLYGON_POINTS} [x, y] points")
+    flat = []
+    for point in points:
+        if not (isinstance(point, list) and len(point) == 2 and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and -1 <= v <= 101
+                for v in point)):
+            raise MaskError("value.points must hold [x, y] pairs of percentages of the image")
+        flat += [point[0] / 100 * width, point[1] / 100 * height]
+    return flat
 
 
 def parse_deleted_ids(body: dict) -> list[int]:

@@ -158,7 +158,8 @@ class Annotation(Base):
 
 
 class AnnotationMask(Base):
-    """One brush region of an annotation: one object, one label."""
+    """One brush or polygon region of an annotation: one object, one label. A polygon region is stored as the
+    mask it draws, and keeps its vertices for export."""
 
     __tablename__ = "annotation_masks"
     __table_args__ = (Index(None, "annotation_id"),)
@@ -171,6 +172,7 @@ class AnnotationMask(Base):
     width: Mapped[int] = mapped_column(Integer)
     rle_counts: Mapped[str] = mapped_column(Text)
     area: Mapped[int] = mapped_column(BigInteger)
+    polygon: Mapped[list[float] | None] = mapped_column(JSON)  # [x1, y1, x2, y2, ...] in pixels; None for a brush
     annotation: Mapped[Annotation] = relationship(back_populates="masks")
 
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from integrations.images import ImageSettings
 from integrations.label_studio.protocol import MAX_BODY_BYTES
+from integrations.polygons import PolygonOptions
 from orchestrator.placement import cluster_resources, ingress_options, replica_actor_options
 from orchestrator.registry import base_version_name
 from orchestrator.settings import Settings, SettingsError
@@ -39,6 +40,7 @@ class ServeConfig:
     basic_auth: tuple[str, str] | None = field(default=None, repr=False)
     max_body_bytes: int = MAX_BODY_BYTES  # largest request body the ingress reads
     recorder_queue_size: int = 10_000  # per ingress: clicks waiting to be written before new ones are dropped
+    polygons: PolygonOptions = field(default_factory=PolygonOptions)  # polygon answers, for PolygonLabels configs
 
 
 def config_from_env(env: Mapping[str, str] | None = None, model: str | None = None, replicas: int | None = None,
@@ -64,6 +66,7 @@ def config_from_env(env: Mapping[str, str] | None = None, model: str | None = No
         images=ImageSettings.from_env(env), database_url=settings.database_url if record else None,
         basic_auth=(user, password) if user else None, store_url=settings.store_url,
         s3_endpoint_url=settings.s3_endpoint_url, recorder_queue_size=settings.recorder_queue_size,
+        polygons=PolygonOptions.from_env(env),
     )
 
 
@@ -87,7 +90,7 @@ def build_app(config: ServeConfig, cluster: dict[str, float] | None = None):
                                                      config.s3_endpoint_url)
     options = IngressOptions(images=config.images, database_url=config.database_url, basic_auth=config.basic_auth,
                              registry_ttl_s=config.registry_ttl_s, max_body_bytes=config.max_body_bytes,
-                             recorder_queue_size=config.recorder_queue_size)
+                             recorder_queue_size=config.recorder_queue_size, polygons=config.polygons)
     ingress = Backend.options(num_replicas=config.ingress_replicas, ray_actor_options=ingress_options(cluster))
     # Several ingress replicas share their /metrics figures through a board (orchestrator.serving.metrics).
     board = None

@@ -2,9 +2,9 @@
 
 Flow of an interactive request: parse and validate the body (integrations.label_studio.protocol), then for each
 object ask a model replica (workers.serving.ClickModel) for a mask, sending the decoded image only when that
-replica does not hold it yet, encode the masks as brush RLE, and hand each answered click to the recorder, which
-writes it to the database off the request path. Blocking work (image fetching, RLE, database) runs in threads,
-never on the event loop.
+replica does not hold it yet, encode the masks as brush RLE or as polygons (as the label config asks), and hand each
+answered click to the recorder, which writes it to the database off the request path. Blocking work (image
+fetching, RLE, polygons, database) runs in threads, never on the event loop.
 
 Each project serves its own model version: the ingress looks it up in the registry (orchestrator.registry), keeps
 the answer for `registry_ttl_s`, and names it in every request to the replicas, which answer with it (or, while it
@@ -34,6 +34,8 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from integrations.images import ImageFetcher, ImageFetchError, ImageSettings
 from integrations.label_studio import protocol
 from integrations.label_studio.errors import ProtocolError
+from integrations.label_studio.labeling_config import POLYGONS, Answer
+from integrations.polygons import PolygonOptions, draw
 from workers.model.errors import InvalidInputError
 from workers.serving import SegmentRequest, SegmentResult, rss_bytes
 
@@ -53,6 +55,7 @@ class IngressOptions:
     max_body_bytes: int = protocol.MAX_BODY_BYTES
     registry_ttl_s: float = 2.0  # how long a project's serving version is taken as known
     recorder_queue_size: int = 10_000  # clicks waiting to be written before new ones are dropped
+    polygons: PolygonOptions = field(default_factory=PolygonOptions)  # how masks become polygon answers
 
 
 def image_key(uri: str) -> str:
@@ -258,14 +261,22 @@ class Backend:
             mask = answer.mask()
             if mask.shape != (obj.height, obj.width):  # answer at the size Label Studio knows the image by
                 mask = cv2.resize(mask.astype(np.uint8), (obj.width, obj.height), interpolation=cv2.INTER_NEAREST) > 0
-            results.append(await asyncio.to_thread(protocol.brush_result, mask, parsed.config, obj.brush_label,
-                                                   answer.score))
+            regions, mask = await asyncio.to_thread(self._answer, mask, obj.answer, answer.score)
+            results += regions
             scores.append(answer.score)
             self._record(parsed, task, obj, clicks, answer, mask, total_ms)
         # A ready JSONResponse: FastAPI would otherwise walk the brush RLE (thousands of ints) element by element
         # before encoding it, about 1.5 ms of the ingress's CPU per click.
         return JSONResponse(protocol.predict_response(
             [protocol.prediction(results, float(np.mean(scores)) if scores else 0.0, answered)]))
+
+    def _answer(self, mask: np.ndarray, answer: Answer, score: float) -> tuple[list[dict], np.ndarray]:
+        """The regions answering with `mask`, and the mask they show the annotator (what is recorded): for polygons,
+        the polygons drawn back, which is what the annotator accepts or edits."""
+        if answer.region_type == POLYGONS:
+            regions, polygons = protocol.polygon_results(mask, answer, self.options.polygons, score)
+            return regions, draw(polygons, mask.shape[1], mask.shape[0])
+        return [protocol.brush_result(mask, answer, score)], mask
 
     @staticmethod
     async def _segment(handle, request: SegmentRequest, image: np.ndarray | None = None) -> SegmentResult | None:
