@@ -53,6 +53,13 @@ class PolygonOptions:
         return options
 
 
+def from_percent(points, width: int, height: int) -> np.ndarray:
+    """Label Studio's vertices (percent of the image) in pixels, N x 2: x% / 100 * width, the arithmetic of Label
+    Studio's own COCO export. Every polygon read from Label Studio goes through here, so the same points always
+    draw the same mask."""
+    return np.asarray(points, np.float64).reshape(-1, 2) / 100 * (width, height)
+
+
 def draw(polygons: list[np.ndarray], width: int, height: int) -> np.ndarray:
     """The union of the polygons, drawn at width x height: H x W bool, pixel centres inside by non-zero winding.
     MaskError when a polygon would take more than MAX_CROSSINGS edge/row crossings to draw."""

@@ -278,6 +278,8 @@ POLYGON_CONFIG = """<View>
   <PolygonLabels name="poly" toName="image"><Label value="Object" background="#00A0FF"/></PolygonLabels>
   <KeyPointLabels name="kp" toName="image" smart="true">\
 <Label value="Object" smart="true" background="#000000" showInline="true"/></KeyPointLabels>
+  <RectangleLabels name="rect" toName="image" smart="true">\
+<Label value="Object" smart="true" background="#000000" showInline="true"/></RectangleLabels>
 </View>"""
 
 

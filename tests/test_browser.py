@@ -256,7 +256,7 @@ def test_label_studio_ui_click_in_a_polygon_project_shows_an_editable_polygon(la
     model's mask is, and which the annotator can select (its vertices become handles), accept and submit."""
     from playwright.sync_api import sync_playwright
 
-    from integrations.polygons import draw
+    from integrations.polygons import draw, from_percent
 
     project, _, tasks = new_project(label_studio, stack, "browser polygons", 1, config=POLYGON_CONFIG)
     (task,) = tasks
@@ -280,7 +280,7 @@ def test_label_studio_ui_click_in_a_polygon_project_shows_an_editable_polygon(la
             regions = answer["data"]["result"]
             assert regions and {r["type"] for r in regions} == {"polygonlabels"}
             height, width = shape
-            polygons = [np.array(r["value"]["points"]) / 100 * (width, height) for r in regions]
+            polygons = [from_percent(r["value"]["points"], width, height) for r in regions]
             mask = draw(polygons, width, height)
             inside, outside = screen.project(mask, before.shape, [(first.x, first.y)])
             assert inside.sum() > 500, "the mask covers too little of the screen to check"
@@ -307,6 +307,13 @@ def test_label_studio_ui_click_in_a_polygon_project_shows_an_editable_polygon(la
             shoot(page, shots, "last")
             context.close()
     assert len(stored) == 1 and (stored[0] == mask).all(), "the submitted polygon is not the backend's answer"
+    # The dashboard counts the polygon answer as it counts a brush one: one object, one click, accepted as answered.
+    from orchestrator.dashboard.figures import compute
+
+    with stack["factory"]() as session:
+        figures = compute(session, project)
+    assert (figures.objects, figures.clicks) == (1, 1)
+    assert (figures.acceptance.masks, figures.acceptance.accepted) == (1, 1), figures.acceptance
 
 
 def wait_for_annotations(stack, project: int, count: int, timeout_s: float = 90.0) -> list[np.ndarray]:

@@ -114,13 +114,13 @@ def brush_mask(answer: dict, width: int, height: int) -> np.ndarray:
 
 def polygon_mask(answer: dict, width: int, height: int) -> np.ndarray:
     """The polygon regions of an interactive answer, drawn as Label Studio fills them, H x W bool."""
-    from integrations.polygons import draw
+    from integrations.polygons import draw, from_percent
 
     assert "errors" not in answer and "errors" not in answer.get("data", {}), answer
     regions = answer["data"]["result"]
     assert regions and all(r["type"] == "polygonlabels" and r["value"]["polygonlabels"] == ["Object"]
                            and (r["original_width"], r["original_height"]) == (width, height) for r in regions)
-    return draw([np.array(r["value"]["points"]) / 100 * (width, height) for r in regions], width, height)
+    return draw([from_percent(r["value"]["points"], width, height) for r in regions], width, height)
 
 
 def annotate(label_studio, backend_id: int, task: dict, gt: np.ndarray, ignore,

@@ -379,3 +379,48 @@ def test_response_shapes():
     assert protocol.health_response()["status"] == "UP"
     assert protocol.versions_response(("v1", "v2")) == {"versions": ["v1", "v2"]}
     json.dumps(answer)
+
+
+BOTH = """<View><Image name="image" value="$image"/>
+  {first}
+  {second}
+  <KeyPointLabels name="kp" toName="image" smart="true"><Label value="Cat"/><Label value="Dog"/></KeyPointLabels>
+</View>"""
+BRUSH = '<BrushLabels name="brush" toName="image"><Label value="Cat"/><Label value="Dog"/></BrushLabels>'
+POLYGON = '<PolygonLabels name="poly" toName="image"><Label value="Cat"/><Label value="Fish"/></PolygonLabels>'
+
+
+def test_a_config_with_brush_and_polygon_controls_answers_with_the_first_that_has_the_label():
+    brush_first = parse_label_config(BOTH.format(first=BRUSH, second=POLYGON))
+    assert brush_first.answer_for("Cat") == Answer("brushlabels", "brush", "image", "Cat")
+    assert brush_first.answer_for("Fish") == Answer("polygonlabels", "poly", "image", "Fish")
+    assert brush_first.labels == ("Cat", "Dog", "Fish")
+    polygon_first = parse_label_config(BOTH.format(first=POLYGON, second=BRUSH))
+    assert polygon_first.answer_for("Cat") == Answer("polygonlabels", "poly", "image", "Cat")
+    assert polygon_first.answer_for("Dog").region_type == "brushlabels"
+    only_polygons = parse_label_config(BOTH.format(first=POLYGON, second=""))
+    assert only_polygons.answer_for("Fish").region_type == "polygonlabels"
+    with pytest.raises(LabelConfigError, match="more than one <PolygonLabels>"):
+        parse_label_config(BOTH.format(first=POLYGON, second=POLYGON.replace('"poly"', '"poly2"')))
+    with pytest.raises(LabelConfigError, match="not to the image"):
+        parse_label_config(BOTH.format(first=POLYGON.replace('toName="image"', 'toName="other"'), second=BRUSH)
+                           .replace("<View>", '<View><Image name="other" value="$other"/>'))
+
+
+def test_polygon_results_are_regions_in_percent_that_draw_back_the_mask():
+    from integrations.polygons import draw, from_percent
+
+    mask = np.zeros((60, 90), bool)
+    mask[10:40, 20:70] = True
+    mask[45:55, 5:15] = True
+    answer = Answer("polygonlabels", "poly", "image", "Fish")
+    regions, polygons = protocol.polygon_results(mask, answer, score=0.5)
+    assert len(regions) == 2 and [r["type"] for r in regions] == ["polygonlabels"] * 2
+    for region, polygon in zip(regions, polygons):
+        assert (region["from_name"], region["to_name"], region["score"]) == ("poly", "image", 0.5)
+        assert (region["original_width"], region["original_height"]) == (90, 60)
+        assert region["value"]["polygonlabels"] == ["Fish"] and region["value"]["closed"] is True
+        points = np.array(region["value"]["points"])
+        assert points.min() >= 0 and points.max() <= 100
+        assert np.array_equal(polygon, from_percent(region["value"]["points"], 90, 60))
+    assert (draw(polygons, 90, 60) == mask).all()  # rectangles need no simplification loss

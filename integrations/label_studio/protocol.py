@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from integrations.polygons import PolygonOptions, mask_to_polygons
+from integrations.polygons import PolygonOptions, from_percent, mask_to_polygons
 from workers.model.clicks import Click, scaled_into
 
 from .errors import ProtocolError
@@ -280,16 +280,17 @@ def brush_result(mask: np.ndarray, answer: Answer, score: float | None = None) -
 
 def polygon_results(mask: np.ndarray, answer: Answer, options: PolygonOptions | None = None,
                     score: float | None = None) -> tuple[list[dict], list[np.ndarray]]:
-    """Polygon regions for Label Studio, one per part of the mask (see integrations.polygons), and the polygons
-    themselves in pixels (for drawing the answer back). mask: H x W at the image's natural size."""
+    """Polygon regions for Label Studio, one per part of the mask (see integrations.polygons), and their polygons in
+    pixels as read back from the regions' percentages (what the annotator is shown, to the last bit).
+    mask: H x W at the image's natural size."""
     if mask.ndim != 2 or mask.size == 0:
         raise ValueError(f"mask must be a non-empty H x W array, got shape {mask.shape}")
     height, width = mask.shape
-    polygons = mask_to_polygons(mask, options or PolygonOptions())
     scale = np.array([100.0 / width, 100.0 / height])
     regions = [_answer_region(answer, width, height, {"points": (polygon * scale).tolist(), "closed": True,
-                                               "polygonlabels": [answer.label]}, score) for polygon in polygons]
-    return regions, polygons
+                                                      "polygonlabels": [answer.label]}, score)
+               for polygon in mask_to_polygons(mask, options or PolygonOptions())]
+    return regions, [from_percent(r["value"]["points"], width, height) for r in regions]
 
 
 def _answer_region(answer: Answer, width: int, height: int, value: dict, score: float | None) -> dict:

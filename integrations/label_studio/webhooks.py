@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 import numpy as np
 
 from integrations.masks import MAX_PIXELS, CocoRle, MaskError, brush_to_mask, encode
-from integrations.polygons import draw
+from integrations.polygons import draw, from_percent
 
 CREATED, UPDATED, DELETED = "ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED"
 # Sent to the same /webhook by Label Studio but handled elsewhere (training) or of no use here.
@@ -131,7 +131,7 @@ def parse_annotation(body: dict) -> ParsedAnnotation:
         try:
             if region_type == "polygonlabels":
                 polygon = polygon_pixels(value, width, height)
-                mask = draw([np.reshape(polygon, (-1, 2))], width, height)
+                mask = draw([np.reshape(polygon, (-1, 2))], width, height)  # the same floats: the same mask
             else:
                 polygon = None
                 if not isinstance(value, dict) or value.get("format", "rle") != "rle":
@@ -193,14 +193,12 @@ def polygon_pixels(value: object, width: object, height: object) -> list[float]:
     points = value.get("points") if isinstance(value, dict) else None
     if not isinstance(points, list) or not 3 <= len(points) <= MAX_POLYGON_POINTS:
         raise MaskError(f"value.points must be a list of 3 to {MAX_POLYGON_POINTS} [x, y] points")
-    flat = []
     for point in points:
         if not (isinstance(point, list) and len(point) == 2 and all(
                 isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and -1 <= v <= 101
                 for v in point)):
             raise MaskError("value.points must hold [x, y] pairs of percentages of the image")
-        flat += [point[0] / 100 * width, point[1] / 100 * height]
-    return flat
+    return from_percent(points, width, height).ravel().tolist()
 
 
 def parse_deleted_ids(body: dict) -> list[int]:
