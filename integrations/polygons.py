@@ -53,6 +53,11 @@ class PolygonOptions:
         return options
 
 
+def to_percent(polygon: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Pixels to Label Studio's percent of the image, N x 2."""
+    return np.asarray(polygon, np.float64).reshape(-1, 2) * (100.0 / width, 100.0 / height)
+
+
 def from_percent(points, width: int, height: int) -> np.ndarray:
     """Label Studio's vertices (percent of the image) in pixels, N x 2: x% / 100 * width, the arithmetic of Label
     Studio's own COCO export. Every polygon read from Label Studio goes through here, so the same points always
@@ -60,23 +65,27 @@ def from_percent(points, width: int, height: int) -> np.ndarray:
     return np.asarray(points, np.float64).reshape(-1, 2) / 100 * (width, height)
 
 
-def draw(polygons: list[np.ndarray], width: int, height: int) -> np.ndarray:
+def draw(polygons: list[np.ndarray], width: int, height: int,
+         box: tuple[int, int, int, int] | None = None) -> np.ndarray:
     """The union of the polygons, drawn at width x height: H x W bool, pixel centres inside by non-zero winding.
-    MaskError when a polygon would take more than MAX_CROSSINGS edge/row crossings to draw."""
-    mask = np.zeros((height, width), bool)
+    With `box` = (left, top, right, bottom), only that window of it (the same pixels as the full drawing: the
+    arithmetic stays in image coordinates, since a pixel centre can lie exactly on an edge). MaskError when a polygon
+    would take more than MAX_CROSSINGS edge/row crossings to draw."""
+    left, top, right, bottom = box or (0, 0, width, height)
+    mask = np.zeros((bottom - top, right - left), bool)
     for polygon in polygons:
-        _fill(mask, np.asarray(polygon, np.float64).reshape(-1, 2))
+        _fill(mask, np.asarray(polygon, np.float64).reshape(-1, 2), left, top)
     return mask
 
 
-def _fill(mask: np.ndarray, polygon: np.ndarray) -> None:
+def _fill(mask: np.ndarray, polygon: np.ndarray, left: int, top: int) -> None:
     height, width = mask.shape
     x0, y0 = polygon[:, 0], polygon[:, 1]
     x1, y1 = np.roll(x0, -1), np.roll(y0, -1)
     # An edge crosses row i when its span [min y, max y) holds the row's centre i + 0.5 (half-open: a vertex on a
     # centre line is counted once).
-    first = np.clip(np.ceil(np.minimum(y0, y1) - 0.5), 0, height).astype(np.int64)
-    stop = np.clip(np.ceil(np.maximum(y0, y1) - 0.5), 0, height).astype(np.int64)
+    first = np.clip(np.ceil(np.minimum(y0, y1) - 0.5), top, top + height).astype(np.int64)
+    stop = np.clip(np.ceil(np.maximum(y0, y1) - 0.5), top, top + height).astype(np.int64)
     counts = stop - first
     total = int(counts.sum())
     if total == 0:
@@ -88,7 +97,8 @@ def _fill(mask: np.ndarray, polygon: np.ndarray) -> None:
     t = (row + 0.5 - y0[edge]) / (y1[edge] - y0[edge])
     x = x0[edge] + t * (x1[edge] - x0[edge])
     # The first pixel whose centre lies right of the crossing: from there on the crossing counts in the winding.
-    column = np.clip(np.floor(x + 0.5), 0, width).astype(np.int64)
+    column = (np.clip(np.floor(x + 0.5), left, left + width) - left).astype(np.int64)
+    row -= top
     rows = slice(int(row.min()), int(row.max()) + 1)
     span = rows.stop - rows.start
     winding = np.bincount((row - rows.start) * (width + 1) + column, weights=np.where(y1 > y0, 1.0, -1.0)[edge],
@@ -111,7 +121,9 @@ class Part:
 
 
 def mask_to_polygons(mask: np.ndarray, options: PolygonOptions = PolygonOptions()) -> list[np.ndarray]:
-    """H x W mask -> one polygon per part worth keeping (see the module docstring), largest part first."""
+    """H x W mask -> one polygon per part worth keeping (see the module docstring), largest part first. The IoU floor
+    is checked on the polygons as Label Studio reads them back, `from_percent(to_percent(polygon))` at the mask's
+    size: the float arithmetic of the way there and back can move a vertex by a bit, and a pixel centre with it."""
     if mask.ndim != 2:
         raise MaskError(f"a mask must be H x W, not {mask.shape}")
     parts = trace(mask)
@@ -131,16 +143,20 @@ def mask_to_polygons(mask: np.ndarray, options: PolygonOptions = PolygonOptions(
     parts = [Part(p.outline, [h for k, h in enumerate(p.holes) if (i, k) not in dropped], p.area)
              for i, p in enumerate(parts) if (i, None) not in dropped]
     target = mask != 0
+    height, width = mask.shape
 
     def simplified(tolerance: float) -> list[np.ndarray]:
         return [_simplify(part, tolerance) for part in parts]
+
+    def read_back(polygons: list[np.ndarray]) -> list[np.ndarray]:  # what Label Studio draws: through percent
+        return [from_percent(to_percent(p, width, height), width, height) for p in polygons]
 
     # The largest tolerance that keeps the IoU: a binary search over the ladder (the IoU falls as it grows).
     # TOLERANCES[low] passes (0, no simplification, does: the noise dropped is within the floor), [high] fails.
     low, high = 0, len(TOLERANCES)
     while high - low > 1:
         middle = (low + high) // 2
-        if _drawn_iou(simplified(TOLERANCES[middle]), target) >= options.min_iou:
+        if _drawn_iou(read_back(simplified(TOLERANCES[middle])), target) >= options.min_iou:
             low = middle
         else:
             high = middle
@@ -163,7 +179,7 @@ def _drawn_iou(polygons: list[np.ndarray], target: np.ndarray) -> float:
     top = max(min(int(rows[0]), int(np.floor(vertices[:, 1].min()))), 0)
     right = min(max(int(cols[-1]) + 1, int(np.ceil(vertices[:, 0].max()))), target.shape[1])
     bottom = min(max(int(rows[-1]) + 1, int(np.ceil(vertices[:, 1].max()))), target.shape[0])
-    drawn = draw([p - (left, top) for p in polygons], right - left, bottom - top)
+    drawn = draw(polygons, target.shape[1], target.shape[0], box=(left, top, right, bottom))
     return iou(target[top:bottom, left:right], drawn)
 
 

@@ -377,8 +377,17 @@ def test_a_polygon_project_is_answered_with_polygons_and_its_annotations_sync_ex
         tasks = label_studio.upload_images(project_id, [path])
     backend_id = label_studio.connect_backend(project_id, url)
 
+    def clicks_counted() -> float:  # /metrics: every answered click, by model version
+        from prometheus_client.parser import text_string_to_metric_families
+
+        reply = requests.get(url + "/metrics", timeout=30)
+        return sum(s.value for f in text_string_to_metric_families(reply.text) for s in f.samples
+                   if s.name == "clickmask_clicks_total")
+
+    counted_before = clicks_counted()
     submitted: dict[int, tuple[int, int]] = {}  # annotation id -> (width, height)
     answered: set[str] = set()  # the RLE of every mask the polygons showed
+    made = 0
     for task in tasks:
         path = paths[upload_name(task)]
         mask_path = GRABCUT / "masks" / f"{path.stem}.png"
@@ -387,6 +396,7 @@ def test_a_polygon_project_is_answered_with_polygons_and_its_annotations_sync_ex
         served: list[np.ndarray] = []
         clicks, _ = annotate(label_studio, backend_id, task, gt, ignore, answers=result, decode=polygon_mask,
                              masks=served)
+        made += len(clicks)
         offline.set_image(read_image(path))
         prev = None
         for k, drawn in enumerate(served, 1):
@@ -402,6 +412,7 @@ def test_a_polygon_project_is_answered_with_polygons_and_its_annotations_sync_ex
             return set(session.scalars(select(PredictedMask.rle_counts)))
 
     wait_for(lambda: answered <= recorded(), "every polygon answer recorded", timeout=20)
+    assert clicks_counted() - counted_before == made  # counted on /metrics as brush answers are
 
     def cli(*argv: str) -> tuple[int, str, str]:
         code = main([*argv, "--no-progress"])

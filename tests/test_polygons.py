@@ -134,3 +134,25 @@ def test_settings_come_from_the_environment_with_clear_errors():
                          ({"CLICKMASK_POLYGON_NOISE_SHARE": "-0.1"}, "at least 0")]:
         with pytest.raises(SettingsError, match=message):
             PolygonOptions.from_env(env)
+
+
+def test_the_iou_floor_holds_for_the_polygons_as_label_studio_reads_them_back_from_percent():
+    from integrations.polygons import from_percent, to_percent
+
+    for seed in range(6):
+        mask = blobs(seed, shape=(97, 131), sigma=4)  # sides whose percentages are not exact in binary
+        polygons = mask_to_polygons(mask)
+        read_back = [from_percent(to_percent(p, 131, 97).tolist(), 131, 97) for p in polygons]
+        assert iou(mask, draw(read_back, 131, 97)) >= PolygonOptions().min_iou
+
+
+def test_a_window_of_a_drawing_is_the_same_pixels_as_the_whole_drawing():
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        # Vertices on pixel corners: 45-degree edges run exactly through pixel centres, where the float arithmetic
+        # decides; a window must decide exactly as the whole drawing does.
+        polygon = rng.integers(0, 40, (12, 2)).astype(float)
+        whole = draw([polygon], 40, 40)
+        left, top = rng.integers(0, 20, 2)
+        box = (int(left), int(top), int(left) + 17, int(top) + 13)
+        assert np.array_equal(draw([polygon], 40, 40, box=box), whole[box[1]:box[3], box[0]:box[2]])

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from integrations.polygons import PolygonOptions, from_percent, mask_to_polygons
+from integrations.polygons import PolygonOptions, from_percent, mask_to_polygons, to_percent
 from workers.model.clicks import Click, scaled_into
 
 from .errors import ProtocolError
@@ -286,9 +286,8 @@ def polygon_results(mask: np.ndarray, answer: Answer, options: PolygonOptions | 
     if mask.ndim != 2 or mask.size == 0:
         raise ValueError(f"mask must be a non-empty H x W array, got shape {mask.shape}")
     height, width = mask.shape
-    scale = np.array([100.0 / width, 100.0 / height])
-    regions = [_answer_region(answer, width, height, {"points": (polygon * scale).tolist(), "closed": True,
-                                                      "polygonlabels": [answer.label]}, score)
+    regions = [_answer_region(answer, width, height, {"points": to_percent(polygon, width, height).tolist(),
+                                                      "closed": True, "polygonlabels": [answer.label]}, score)
                for polygon in mask_to_polygons(mask, options or PolygonOptions())]
     return regions, [from_percent(r["value"]["points"], width, height) for r in regions]
 
