@@ -318,10 +318,59 @@ def test_unmappable_label_is_a_protocol_error(ls_request):
         (b" " * 65, "larger than 64 bytes"),
     ],
 )
-def test_bad_json(raw, message):
+@pytest.mark.parametrize("load", [protocol.load_json, protocol.load_predict_json])
+def test_bad_json(raw, message, load):
     limit = 64 if message.startswith("larger") else protocol.MAX_BODY_BYTES
     with pytest.raises(ProtocolError, match=message):
-        protocol.load_json(raw, limit=limit)
+        load(raw, limit=limit)
+
+
+def with_earlier_answers(body: dict) -> dict:
+    """The body as Label Studio sends it once the image holds answers: the task's predictions and draft carry
+    them, brush RLE and all, with fields parse_predict never reads."""
+    from label_studio_sdk.converter.brush import mask2rle
+
+    rle = mask2rle(blob_mask().astype(np.uint8) * 255)
+    regions = [{"id": f"r{i}", "type": "brushlabels", "value": {"format": "rle", "rle": rle, "brushlabels": ["Cat"]},
+                "nested": [[[{"deep": [1, 2, {"x": None}]}]]]} for i in range(5)]
+    task = body["tasks"][0]
+    task.update(predictions=[{"result": regions, "score": 0.5}], drafts=[{"result": regions}],
+                annotations=[{"result": regions, "completed_by": {"id": 3}}], meta={"anything": [1.5, "x"]})
+    body["unknown_top_level"] = {"a": [1, 2, 3]}
+    return body
+
+
+@pytest.mark.parametrize("name", ["predict_interactive_positive_keypoint", "predict_interactive_pos_neg_keypoints",
+                                  "predict_interactive_rectangle", "predict_batch_2_tasks"])
+def test_reading_a_predict_body_by_schema_gives_what_reading_it_in_full_gives(ls_request, name):
+    for body in (ls_request(name), with_earlier_answers(ls_request(name))):
+        raw = json.dumps(body).encode()
+        assert protocol.parse_predict(protocol.load_predict_json(raw)) == protocol.parse_predict(
+            protocol.load_json(raw))
+    user = ls_request("predict_interactive_positive_keypoint")
+    user["user"] = {"id": 7}
+    raw = json.dumps(user).encode()
+    assert protocol.parse_predict(protocol.load_predict_json(raw)).objects[0].key == protocol.parse_predict(
+        protocol.load_json(raw)).objects[0].key != protocol.parse_predict(user | {"user": None}).objects[0].key
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda b: b.update(tasks="abc"), "body.tasks is missing or not a list"),
+    (lambda b: b.update(tasks=[1]), r"tasks\[0\] must be a JSON object"),
+    (lambda b: b.pop("tasks"), "body.tasks is missing or not a list"),
+    (lambda b: b.update(project=["x"]), "body.project is missing"),
+    (lambda b: b["tasks"][0].update(predictions=[[[[[[[[[[]]]]]]]]]] * 3), None),
+])
+def test_a_predict_body_the_schema_does_not_fit_gets_the_same_error_as_ever(ls_request, change, message):
+    body = ls_request("predict_interactive_positive_keypoint")
+    change(body)
+    raw = json.dumps(body).encode()
+    if message is None:  # it fits after all: the odd part is skipped
+        assert protocol.parse_predict(protocol.load_predict_json(raw)) == protocol.parse_predict(body)
+        return
+    for load in (protocol.load_json, protocol.load_predict_json):
+        with pytest.raises(ProtocolError, match=message):
+            protocol.parse_predict(load(raw))
 
 
 def test_setup_body_errors(ls_request):

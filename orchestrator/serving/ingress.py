@@ -157,13 +157,13 @@ class Backend:
         with self.session_factory() as session:
             return serving(session, pid, self.model_version)
 
-    async def _body(self, request: Request) -> dict:
+    async def _body(self, request: Request, load=protocol.load_json) -> dict:
         raw = bytearray()
         async for chunk in request.stream():
             raw += chunk
             if len(raw) > self.options.max_body_bytes:
                 raise ProtocolError(f"request body larger than {self.options.max_body_bytes} bytes")
-        return protocol.load_json(bytes(raw), self.options.max_body_bytes)
+        return load(bytes(raw), self.options.max_body_bytes)
 
     # ---------------------------------------------------------------------------------------------- endpoints
 
@@ -213,7 +213,7 @@ class Backend:
             errors.labels("predict", "unauthorized").inc()
             return denied
         try:
-            parsed = protocol.parse_predict(await self._body(request))
+            parsed = protocol.parse_predict(await self._body(request, protocol.load_predict_json))
         except ProtocolError as exc:
             errors.labels("predict", "bad request").inc()
             return JSONResponse(protocol.error_response(str(exc)), status_code=400)
