@@ -73,7 +73,8 @@ def run(args: argparse.Namespace) -> int:
         shown = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
         print(f"\nclickmask is serving model {config.model_version} at http://{shown}:{args.port}")
         print("In Label Studio: Settings > Model > Connect Model, URL as above, Interactive preannotations on.")
-        print("Labeling config for smart clicks:\n" + LABEL_CONFIG + "\n", flush=True)
+        print("Labeling config for smart clicks (for polygon answers, PolygonLabels in place of BrushLabels):\n"
+              + LABEL_CONFIG + "\n", flush=True)
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
