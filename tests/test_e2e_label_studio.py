@@ -34,6 +34,7 @@ from sqlalchemy import select
 from ls_support import POLYGON_CONFIG, STANDARD_CONFIG, eval_images, smart_keypoint
 from support import DATASETS, wait_for
 from workers.model import Click
+from workers.model.clicks import scaled_into
 from workers.model.clicker import Clicker
 from workers.model.datasets import read_ignore, read_image, read_mask
 from workers.model.evaluator import evaluate_object, iou
@@ -397,13 +398,17 @@ def test_a_polygon_project_is_answered_with_polygons_and_its_annotations_sync_ex
         clicks, _ = annotate(label_studio, backend_id, task, gt, ignore, answers=result, decode=polygon_mask,
                              masks=served)
         made += len(clicks)
+        # The model offline on exactly the clicks the backend received: the percentages sent, read back as the
+        # backend reads them (a click's last bits can move a guidance disk's edge by a pixel).
+        height, width = gt.shape
+        sent = [Click(c.x * 100 / width, c.y * 100 / height, c.positive) for c in clicks]
+        received = scaled_into(sent, width / 100, height / 100, width, height)
         offline.set_image(read_image(path))
         prev = None
         for k, drawn in enumerate(served, 1):
-            prev = offline.predict(clicks[:k], prev)
+            prev = offline.predict(received[:k], prev)
             assert iou(prev.mask, drawn) >= PolygonOptions().min_iou, (path.name, k, iou(prev.mask, drawn))
             answered.add(encode(drawn).counts)
-        height, width = gt.shape
         submitted[label_studio.create_annotation(task["id"], result)] = (width, height)
 
     # Each click was recorded with the mask the annotator saw: the polygons drawn back.
