@@ -152,7 +152,7 @@ def mask_to_polygons(mask: np.ndarray, options: PolygonOptions = PolygonOptions(
         return [from_percent(to_percent(p, width, height), width, height) for p in polygons]
 
     # The largest tolerance that keeps the IoU: a binary search over the ladder (the IoU falls as it grows).
-    # TOLERANCES[low] passes (0, no simplification, does: the noise dropped is within the floor), [high] fails.
+    # TOLERANCES[low] passes and TOLERANCES[high] fails; 0 (no simplification) passes, as the noise is within the floor.
     low, high = 0, len(TOLERANCES)
     while high - low > 1:
         middle = (low + high) // 2
