@@ -109,3 +109,52 @@ def decode_brush(data: bytes) -> np.ndarray:
             pos += count * word
         done = stop
     return out
+
+
+# Run lengths of the brush format: (largest run, bits of its length field, its 2-bit size choice), in the order
+# of the header's four sizes. Runs longer than the last are written as several.
+_BRUSH_SIZES = ((8, 3, 0), (16, 4, 1), (256, 8, 2), (1 << 16, 16, 3))
+_BRUSH_HEADER_SIZES = (3, 4, 8, 16)
+
+
+def mask_to_brush(mask: np.ndarray) -> list[int]:
+    """H x W mask (bool or 0/non-zero) to Label Studio brush RLE: every pixel RGBA, 255 in all four inside the mask,
+    0 outside (0/1 would decode but render nearly invisible). The same bytes as label_studio_sdk's mask2rle, which
+    builds the bit string one character at a time (about 4 ms for a 854x480 mask; this takes a tenth of that).
+
+    A pixel's four channels hold the same value, so every run of the RGBA stream is a run of pixels times four (never
+    a single value): the stream is all repeat blocks (1, the size choice, the run length minus one, the 8-bit value).
+    """
+    if mask.ndim != 2 or mask.size == 0:
+        raise MaskError(f"a mask must be a non-empty H x W array, not {mask.shape}")
+    flat = (mask != 0).ravel()
+    edges = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    starts = np.concatenate(([0], edges))
+    lengths = 4 * np.diff(np.concatenate((starts, [flat.size])))
+    values = np.where(flat[starts], 255, 0)
+    # A run longer than the largest size is written as runs of that size, then the rest.
+    longest = _BRUSH_SIZES[-1][0]
+    pieces = -(-lengths // longest)
+    values = np.repeat(values, pieces)
+    ends = np.cumsum(pieces)
+    lengths = np.repeat(lengths, pieces) - longest * (np.arange(ends[-1]) - np.repeat(ends - pieces, pieces))
+    lengths = np.minimum(lengths, longest)
+    field_bits = np.full(lengths.shape, _BRUSH_SIZES[-1][1])
+    choice = np.full(lengths.shape, _BRUSH_SIZES[-1][2])
+    for largest, bits, index in reversed(_BRUSH_SIZES[:-1]):
+        fits = lengths <= largest
+        field_bits[fits], choice[fits] = bits, index
+    widths = 3 + field_bits + 8
+    codes = (((1 << 2 | choice) << field_bits | (lengths - 1)) << 8 | values).astype(np.uint64)
+    header_widths = [32, 5] + [4] * len(_BRUSH_HEADER_SIZES)
+    header_codes = [flat.size * 4, 8 - 1] + [s - 1 for s in _BRUSH_HEADER_SIZES]
+    codes = np.concatenate((np.array(header_codes, np.uint64), codes))
+    widths = np.concatenate((header_widths, widths)).astype(np.int64)
+    # Every block's bits, most significant first, one byte per bit; then eight to a byte.
+    firsts = np.cumsum(widths) - widths
+    position = np.arange(int(widths.sum())) - np.repeat(firsts, widths)
+    shift = (np.repeat(widths, widths) - 1 - position).astype(np.uint64)
+    bits = ((np.repeat(codes, widths) >> shift) & np.uint64(1)).astype(np.uint8)
+    # The SDK pads with 1 to 8 zero bits (a whole zero byte when the stream already ends on a byte): so does this.
+    bits = np.concatenate((bits, np.zeros(8 - bits.size % 8, np.uint8)))
+    return np.packbits(bits).tolist()

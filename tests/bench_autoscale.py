@@ -42,7 +42,7 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_serving import DAVIS, click_scripts, predict_body, timed_post  # noqa: E402
+from bench_serving import DAVIS, click_scripts, cpu_by_part, predict_body, timed_post  # noqa: E402
 
 APP = "clickmask"
 
@@ -109,28 +109,6 @@ def replica_nodes() -> dict[str, list[str]]:
         if actor.get("State") == "ALIVE" and name.startswith("ServeReplica:"):
             nodes.setdefault(name.split(":")[-1], []).append(actor["Address"]["NodeID"])
     return nodes
-
-
-def cpu_by_part() -> dict[str, float]:
-    """CPU seconds used so far by each kind of Serve actor (model replicas, ingress, proxy, controller) and by this
-    process (the simulated annotators), from /proc."""
-    import ray
-
-    def cpu_s(pid: int) -> float:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        except (OSError, ValueError, IndexError):
-            return 0.0
-
-    parts: dict[str, float] = {"annotators (this process)": cpu_s(os.getpid())}
-    for actor in ray._private.state.actors().values():
-        if actor.get("State") != "ALIVE" or not actor.get("Pid"):
-            continue
-        name = actor.get("ActorClassName", "").split(":")[-1]
-        parts[name] = parts.get(name, 0.0) + cpu_s(actor["Pid"])
-    return parts
 
 
 def pct(values: list[float], q: float) -> float:

@@ -144,6 +144,9 @@ class Run:
     started: str = ""
     load_before: tuple = ()
     load_after: tuple = ()
+    backend: dict = field(default_factory=dict)  # the ingress's own times for the run's requests (backend_share)
+    cpu_ms_per_click: dict = field(default_factory=dict)  # by process kind, over the run
+    profile: dict = field(default_factory=dict)  # process -> heaviest functions (with --profile)
 
     def add(self, ms: float, first: bool, error: str | None) -> None:
         if error:
@@ -164,7 +167,8 @@ class Run:
                 "p50_ms": pct(self.latencies_ms, 50), "p95_ms": pct(self.latencies_ms, 95),
                 "p95_later_ms": pct(self.later_ms, 95), "mean_ms": statistics.fmean(self.latencies_ms) if n else
                 float("nan"), "max_ms": max(self.latencies_ms, default=float("nan")),
-                "started_utc": self.started, "loadavg_before": self.load_before, "loadavg_after": self.load_after}
+                "started_utc": self.started, "loadavg_before": self.load_before, "loadavg_after": self.load_after,
+                **self.backend, "cpu_ms_per_click": self.cpu_ms_per_click, "profile": self.profile}
 
 
 def timed_post(session: requests.Session, url: str, body: dict, headers: dict | None, timeout: float):
@@ -195,8 +199,82 @@ def annotate_direct(run: Run, lock: threading.Lock, predict_url: str, image_url,
             done += 1
 
 
+def cpu_by_part() -> dict[str, float]:
+    """CPU seconds used so far by each kind of Serve actor (model replicas, ingress, proxy, controller) and by this
+    process (the simulated annotators), from /proc."""
+    parts: dict[str, float] = {"annotators (this process)": cpu_seconds(os.getpid())}
+    for pid, name in serve_actors():
+        parts[name] = parts.get(name, 0.0) + cpu_seconds(pid)
+    return parts
+
+
+def cpu_seconds(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def serve_actors() -> list[tuple[int, str]]:
+    """(pid, kind) of each live Ray actor: ClickModel, Backend (the ingress), ProxyActor, ServeController."""
+    import ray
+
+    return [(a["Pid"], a.get("ActorClassName", "").split(":")[-1]) for a in ray._private.state.actors().values()
+            if a.get("State") == "ALIVE" and a.get("Pid")]
+
+
+class Profiles:
+    """py-spy sampling each Serve process (and this one) while a run goes on, kept as collapsed stacks (one line per
+    stack: frames joined by ';', then the sample count): what the flame graph tools read."""
+
+    PARTS = ("Backend", "ClickModel", "ProxyActor")
+
+    def __init__(self, folder: Path, run_name: str, seconds: float):
+        import shutil
+        import subprocess
+
+        spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+        folder.mkdir(parents=True, exist_ok=True)
+        targets = [(pid, kind) for pid, kind in serve_actors() if kind in self.PARTS]
+        self.files = {}
+        self.procs = []
+        for pid, kind in targets + [(os.getpid(), "annotators")]:
+            out = folder / f"{run_name.replace(' ', '-')}-{kind}-{pid}.txt"
+            self.files[f"{kind} {pid}"] = out
+            self.procs.append(subprocess.Popen(
+                [spy, "record", "--pid", str(pid), "--rate", "250", "--duration", str(int(seconds)), "--format",
+                 "raw", "--nonblocking", "--output", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+
+    def stop(self) -> dict[str, list[tuple[str, float]]]:
+        """The heaviest functions of each process by share of its samples (inclusive), once py-spy has written."""
+        import signal
+
+        for proc in self.procs:
+            proc.send_signal(signal.SIGINT)  # py-spy writes what it has sampled so far
+        for proc in self.procs:
+            proc.wait(timeout=60)
+        return {name: heaviest(path) for name, path in self.files.items() if path.exists()}
+
+
+def heaviest(collapsed: Path, top: int = 25) -> list[tuple[str, float]]:
+    """(function, share of samples in which it is on the stack) from a py-spy collapsed-stack file."""
+    totals: dict[str, int] = {}
+    n = 0
+    for line in collapsed.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        n += int(count)
+        for frame in set(stack.split(";")):
+            name = frame.split(" (")[0] + " (" + frame.split(" (")[-1].split(":")[0].rsplit("/", 1)[-1] + ")"
+            totals[name] = totals.get(name, 0) + int(count)
+    return [(f, c / n) for f, c in sorted(totals.items(), key=lambda kv: -kv[1])[:top]] if n else []
+
+
 def throughput(name: str, predict_url: str, image_url, groups: list[list[ObjectScript]], replicas: int,
-               max_clicks: int, duration: float, timeout: float) -> Run:
+               max_clicks: int, duration: float, timeout: float, profile: Path | None = None) -> Run:
     run = Run(name, annotators=len(groups), replicas=replicas)
     lock = threading.Lock()
     deadline = time.monotonic() + duration
@@ -204,18 +282,65 @@ def throughput(name: str, predict_url: str, image_url, groups: list[list[ObjectS
                                                               f"{name}-a{i}", max_clicks, deadline, timeout))
                for i, group in enumerate(groups)]
     run.started, run.load_before = datetime.now(UTC).isoformat(timespec="seconds"), os.getloadavg()
-    t0 = time.perf_counter()
+    profiles = Profiles(profile, name, duration) if profile else None
+    cpu_before, t0 = cpu_by_part(), time.perf_counter()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     run.wall_s, run.load_after = time.perf_counter() - t0, os.getloadavg()
+    answered = max(1, len(run.latencies_ms))
+    run.cpu_ms_per_click = {k: round(1000 * (v - cpu_before.get(k, 0.0)) / answered, 2)
+                            for k, v in cpu_by_part().items()}
+    if profiles:
+        run.profile = profiles.stop()
     return run
 
 
+def backend_share(requests_answered: int) -> dict:
+    """The ingress's own figures for its last `requests_answered` answered /predict requests (its stats()): its time
+    per request, the model replicas' own prediction time within it, and the difference, the serving path's share
+    (proxy excluded: it is before the ingress); the median request body."""
+    from ray import serve
+
+    recent = serve.get_deployment_handle("Backend", app_name=APP).stats.remote().result()["recent_predict_s"]
+    recent = np.array(recent[-requests_answered:], float).reshape(-1, 3)
+    if not len(recent):
+        return {}
+    backend, model = 1000 * recent[:, 0], 1000 * recent[:, 1]
+    figures = {"backend": backend, "model": model, "path": backend - model}
+    return {**{f"{k}_{q}_ms": float(np.percentile(v, int(q[1:]))) for k, v in figures.items() for q in ("p50", "p95")},
+            "body_kb_p50": float(np.median(recent[:, 2])) / 1024}
+
+
+def earlier_masks(entries, count: int) -> list[np.ndarray]:
+    """`count` object masks of the set: they stand for what annotators drew on an image before."""
+    from workers.model.datasets import read_mask
+
+    return [read_mask(m) for e in entries for m in e.mask_paths][:count]
+
+
+def brush_regions(masks: list[np.ndarray]) -> list[dict]:
+    """Earlier answers on an image, as Label Studio stores them: one brush region per mask."""
+    from integrations.masks import mask_to_brush
+
+    return [{"id": f"earlier{i}", "type": "brushlabels", "from_name": "tag", "to_name": "image",
+             "original_width": m.shape[1], "original_height": m.shape[0], "image_rotation": 0,
+             "value": {"format": "rle", "rle": mask_to_brush(m), "brushlabels": ["Object"]}}
+            for i, m in enumerate(masks)]
+
+
+def fill_task(studio, task_id: int, regions: list[dict]) -> None:
+    """Put the regions on the task twice, as a prediction and as the annotator's draft: Label Studio sends both
+    with every interactive request on that task."""
+    studio.api("POST", "/api/predictions", json={"task": task_id, "result": regions, "score": 0.9,
+                                                   "model_version": "earlier"})
+    studio.api("POST", f"/api/tasks/{task_id}/drafts", json={"result": regions, "lead_time": 10.0})
+
+
 def latency_through_label_studio(studio, backend_id: int, tasks: dict, scripts: list[ObjectScript],
-                                 timeout: float) -> Run:
-    run = Run("latency via Label Studio")
+                                 timeout: float, name: str = "latency via Label Studio") -> Run:
+    run = Run(name)
     run.started, run.load_before = datetime.now(UTC).isoformat(timespec="seconds"), os.getloadavg()
     url = f"{studio.url}/api/ml/{backend_id}/interactive-annotating"
     t0 = time.perf_counter()
@@ -278,14 +403,26 @@ def warm_up(predict_url: str, image_url, script: ObjectScript, timeout: float, r
 
 
 def print_table(rows: list[dict]) -> None:
-    head = (f"{'run':34s} {'repl':>4s} {'annot':>5s} {'clicks':>6s} {'err':>4s} {'clicks/s':>8s} "
-            f"{'p50 ms':>7s} {'p95 ms':>7s} {'p95 later':>9s} {'max ms':>7s}")
+    """Per run: the client's latency, then the ingress's own time and the model's within it (p50/p95, ms)."""
+    head = (f"{'run':38s} {'repl':>4s} {'annot':>5s} {'clicks':>6s} {'err':>4s} {'clicks/s':>8s} "
+            f"{'p50 ms':>7s} {'p95 ms':>7s} {'max ms':>7s} {'backend':>12s} {'model':>12s} {'path':>12s} "
+            f"{'body KB':>8s}")
     print(head)
     print("-" * len(head))
+    pair = lambda r, k: f"{r.get(k + '_p50_ms', float('nan')):5.1f}/{r.get(k + '_p95_ms', float('nan')):<6.1f}"  # noqa: E731
     for r in rows:
-        print(f"{r['run']:34s} {r['replicas']:4d} {r['annotators']:5d} {r['clicks']:6d} {r['errors']:4d} "
-              f"{r['clicks_per_s']:8.1f} {r['p50_ms']:7.1f} {r['p95_ms']:7.1f} {r['p95_later_ms']:9.1f} "
-              f"{r['max_ms']:7.1f}")
+        print(f"{r['run']:38s} {r['replicas']:4d} {r['annotators']:5d} {r['clicks']:6d} {r['errors']:4d} "
+              f"{r['clicks_per_s']:8.1f} {r['p50_ms']:7.1f} {r['p95_ms']:7.1f} {r['max_ms']:7.1f} "
+              f"{pair(r, 'backend'):>12s} {pair(r, 'model'):>12s} {pair(r, 'path'):>12s} "
+              f"{r.get('body_kb_p50', float('nan')):8.1f}")
+
+
+def print_cpu(row: dict) -> None:
+    """CPU per answered click by process and, with --profile, each process's heaviest functions."""
+    parts = sorted(row["cpu_ms_per_click"].items(), key=lambda kv: -kv[1])
+    print("  CPU per answered click: " + ", ".join(f"{k} {v:.1f} ms" for k, v in parts if v >= 0.05))
+    for process, functions in row["profile"].items():
+        print(f"  {process}: " + "; ".join(f"{f} {share:.0%}" for f, share in functions[:12]))
 
 
 def verdicts(rows: list[dict]) -> dict:
@@ -309,19 +446,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--throughput-clicks", type=int, default=40, help="at most this many clicks per annotator")
     p.add_argument("--duration", type=float, default=60.0, help="at most this many seconds per throughput run")
     p.add_argument("--timeout", type=float, default=30.0, help="per request, seconds")
-    p.add_argument("--no-label-studio", action="store_true", help="skip the latency run through Label Studio")
+    p.add_argument("--no-label-studio", action="store_true", help="skip the latency runs through Label Studio")
+    p.add_argument("--regions", default="0,20,100",
+                   help="earlier brush regions on each image (its prediction and its draft) for each run through "
+                        "Label Studio")
     p.add_argument("--no-db", action="store_true", help="do not record clicks (default: a SQLite file)")
     p.add_argument("--json", type=Path, help="write the figures here")
+    p.add_argument("--profile", type=Path, metavar="DIR",
+                   help="sample every Serve process with py-spy during the throughput runs; collapsed stacks here")
     args = p.parse_args(argv)
     annotator_counts = [int(a) for a in args.annotators.split(",") if a]
     replica_counts = [int(r) for r in args.replicas.split(",") if r]
+    region_counts = [] if args.no_label_studio else [int(n) for n in args.regions.split(",") if n]
 
     from workers.model.datasets import scan
 
     entries = [e for e in scan(args.data) if e.mask_paths]
     objects_per_annotator = -(-args.throughput_clicks // args.clicks)
-    plan = {"latency direct": args.latency_images, "latency via Label Studio": 0 if args.no_label_studio else
-            args.latency_images}
+    plan = {"latency direct": args.latency_images}
+    for n in region_counts:
+        plan[f"via Label Studio, {n} regions"] = args.latency_images
     for r in replica_counts:
         for a in annotator_counts:
             plan[f"throughput r{r} a{a}"] = a * objects_per_annotator
@@ -358,7 +502,7 @@ def main(argv: list[str] | None = None) -> int:
             "loadavg_at_start": os.getloadavg(), "args": {k: str(v) for k, v in vars(args).items()},
             "bars": BARS, "nice": os.nice(0)}
     try:
-        if not args.no_label_studio:
+        if region_counts:
             from ls_support import LabelStudio, ensure_installed
 
             print("starting Label Studio ...", flush=True)
@@ -383,26 +527,35 @@ def main(argv: list[str] | None = None) -> int:
                 annotate_direct(run, lock, predict_url, image_url, take(args.latency_images), "lat", 10**9,
                                 float("inf"), args.timeout)
                 run.wall_s, run.load_after = time.perf_counter() - t_start, os.getloadavg()
+                run.backend = backend_share(len(run.latencies_ms))
                 rows.append(run.summary())
                 print_table(rows[-1:])
-                if studio is not None:
+                for n in region_counts:
                     ls_scripts = take(args.latency_images)
-                    project = studio.create_project(STANDARD_CONFIG, title="bench serving")
+                    project = studio.create_project(STANDARD_CONFIG, title=f"bench serving, {n} regions")
                     tasks = {}
                     for script in ls_scripts:  # one file per import (Label Studio keeps one file per form key)
                         for task in studio.upload_images(project, [script.path]):
                             tasks[task["data"]["image"].rsplit("/", 1)[-1].split("-", 1)[1]] = task["id"]
+                    if n:
+                        earlier = brush_regions(earlier_masks(entries, n))
+                        for task_id in tasks.values():
+                            fill_task(studio, task_id, earlier)
                     backend_id = studio.connect_backend(project, predict_url.removesuffix("/predict"))
-                    run = latency_through_label_studio(studio, backend_id, tasks, ls_scripts, args.timeout)
+                    run = latency_through_label_studio(studio, backend_id, tasks, ls_scripts, args.timeout,
+                                                       f"via Label Studio, {n} regions")
                     run.replicas = replicas
+                    run.backend = backend_share(len(run.latencies_ms))
                     rows.append(run.summary())
                     print_table(rows[-1:])
             for annotators in annotator_counts:
                 groups = [take(objects_per_annotator) for _ in range(annotators)]
                 run = throughput(f"throughput r{replicas} a{annotators}", predict_url, image_url, groups, replicas,
-                                 args.throughput_clicks, args.duration, args.timeout)
+                                 args.throughput_clicks, args.duration, args.timeout, args.profile)
+                run.backend = backend_share(len(run.latencies_ms))
                 rows.append(run.summary())
                 print_table(rows[-1:])
+                print_cpu(rows[-1])
     finally:
         stop_serving()
         if studio is not None:

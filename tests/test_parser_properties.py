@@ -25,7 +25,7 @@ from integrations.label_studio import protocol
 from integrations.label_studio.errors import ProtocolError
 from integrations.label_studio.labeling_config import parse_label_config
 from integrations.label_studio.webhooks import Rejected, parse_annotation, parse_deleted_ids, parse_project
-from integrations.masks import MaskError, brush_to_mask, decode, decode_brush, encode
+from integrations.masks import MaskError, brush_to_mask, decode, decode_brush, encode, mask_to_brush
 
 # Small and quick: no example database, hypothesis's caches outside the checkout, no per-example deadline (the
 # machine may be busy).
@@ -241,6 +241,14 @@ def test_brush_rle_round_trip(mask):
     decoded = brush_to_mask(mask2rle(mask.astype(np.uint8) * 255), width, height)
     assert decoded.dtype == bool and np.array_equal(decoded, mask)
     assert np.array_equal(decode(encode(decoded)), mask)  # and on into the stored COCO RLE
+
+
+@PROPERTY
+@given(mask=masks(), long_runs=st.booleans())
+def test_brush_encoder_writes_the_sdks_bytes(mask, long_runs):
+    if long_runs:  # runs of more than 65,536 RGBA values, written as several
+        mask = np.kron(mask, np.ones((12, 120), bool))
+    assert mask_to_brush(mask) == mask2rle(mask.astype(np.uint8) * 255)
 
 
 def header(width: int, height: int) -> list[int]:

@@ -91,6 +91,9 @@ def test_metrics_count_clicks_errors_latency_caches_replica_versions_and_jobs(ba
     assert grew("clickmask_click_latency_seconds_count") == 2
     assert grew("clickmask_click_latency_seconds_bucket", le="+Inf") == 2
     assert grew("clickmask_request_seconds_count", endpoint="predict") == 5
+    # The model's own time, for the two answered requests: less than theirs, counted once each.
+    assert grew("clickmask_model_seconds_count") == 2
+    assert 0 < grew("clickmask_model_seconds_sum") < grew("clickmask_click_latency_seconds_sum")
     assert grew("clickmask_errors_total", endpoint="predict", kind="ImageFetchError") == 1
     assert grew("clickmask_errors_total", endpoint="predict", kind="bad request") == 1
     assert grew("clickmask_errors_total", endpoint="predict", kind="unauthorized") == 1

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from label_studio_sdk.converter.brush import mask2rle
 
-from integrations.masks import MaskError, brush_to_mask, decode, encode
+from integrations.masks import MaskError, brush_to_mask, decode, encode, mask_to_brush
 
 
 @pytest.mark.parametrize("dtype", [bool, np.uint8, np.float32, np.int64])
@@ -29,6 +29,21 @@ def test_brush_rle_round_trip_with_holes():
     decoded = brush_to_mask(mask2rle(mask), 120, 90)
     assert np.array_equal(decoded, mask > 0)
     assert np.array_equal(decode(encode(decoded)), mask > 0)
+
+
+def test_brush_encoder_matches_the_sdk_on_object_masks():
+    """Whole objects, thin parts, a full and an empty image, a run longer than the format's longest (65,536)."""
+    from support import DATASETS
+    from workers.model.datasets import read_mask
+
+    masks = [read_mask(p) for p in sorted((DATASETS / "eval" / "davis345" / "masks").iterdir())[::40]]
+    full, empty = np.ones((400, 300), bool), np.zeros((7, 5), bool)
+    assert len(masks) >= 8
+    for mask in masks + [full, empty, np.eye(9, dtype=bool)]:
+        assert mask_to_brush(mask) == mask2rle(mask.astype(np.uint8) * 255)
+        assert np.array_equal(brush_to_mask(mask_to_brush(mask), mask.shape[1], mask.shape[0]), mask)
+    with pytest.raises(MaskError):
+        mask_to_brush(np.zeros((0, 4), bool))
 
 
 @pytest.mark.parametrize(

@@ -23,6 +23,7 @@ from typing import Any
 import msgspec
 import numpy as np
 
+from integrations.masks import mask_to_brush
 from integrations.polygons import PolygonOptions, from_percent, mask_to_polygons, to_percent
 from workers.model.clicks import Click, scaled_into
 
@@ -303,15 +304,11 @@ def _object(label: str, group: list[_Region], config: LabelingConfig, scope: str
 
 
 def brush_result(mask: np.ndarray, answer: Answer, score: float | None = None) -> dict:
-    """One brush region for Label Studio. mask: H x W (the image's natural size), bool or 0/1 or 0/255; it is
-    sent as 0/255 (0/1 would decode but render nearly invisible)."""
-    from label_studio_sdk.converter.brush import mask2rle
-
+    """One brush region for Label Studio. mask: H x W (the image's natural size), bool or 0/non-zero."""
     if mask.ndim != 2 or mask.size == 0:
         raise ValueError(f"mask must be a non-empty H x W array, got shape {mask.shape}")
     height, width = mask.shape
-    rle = mask2rle(np.where(mask > 0, 255, 0).astype(np.uint8))
-    value = {"format": "rle", "rle": rle, "brushlabels": [answer.label]}
+    value = {"format": "rle", "rle": mask_to_brush(mask), "brushlabels": [answer.label]}
     return _answer_region(answer, width, height, value, score)
 
 
@@ -348,6 +345,11 @@ def _answer_region(answer: Answer, width: int, height: int, value: dict, score: 
 def prediction(results: list[dict], score: float, model_version: str) -> dict:
     """One task's entry of `results`: its regions, an overall score and the model version of /setup."""
     return {"result": results, "score": float(score), "model_version": model_version}
+
+
+def dump_json(answer: dict) -> bytes:
+    """An answer as JSON bytes (msgspec: a brush RLE of thousands of ints in a tenth of json.dumps's time)."""
+    return msgspec.json.encode(answer)
 
 
 def predict_response(predictions: list[dict]) -> dict:

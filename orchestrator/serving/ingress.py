@@ -2,9 +2,10 @@
 
 Flow of an interactive request: parse and validate the body (integrations.label_studio.protocol), then for each
 object ask a model replica (workers.serving.ClickModel) for a mask, sending the decoded image only when that
-replica does not hold it yet, encode the masks as brush RLE or as polygons (as the label config asks), and hand each
-answered click to the recorder, which writes it to the database off the request path. Blocking work (image
-fetching, RLE, polygons, database) runs in threads, never on the event loop.
+replica does not hold it yet, encode each mask once for each reader (brush RLE or polygons for Label Studio, as the
+label config asks; COCO RLE for the database), and hand each answered click to the recorder, which writes it off the
+request path. Blocking work (image fetching, large bodies, encoding, database) runs in threads, never on the event
+loop.
 
 Each project serves its own model version: the ingress looks it up in the registry (orchestrator.registry), keeps
 the answer for `registry_ttl_s`, and names it in every request to the replicas, which answer with it (or, while it
@@ -34,7 +35,8 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from integrations.images import ImageFetcher, ImageFetchError, ImageSettings
 from integrations.label_studio import protocol
 from integrations.label_studio.errors import ProtocolError
-from integrations.label_studio.labeling_config import POLYGONS, Answer
+from integrations.label_studio.labeling_config import POLYGONS
+from integrations.masks import CocoRle, encode
 from integrations.polygons import PolygonOptions, draw
 from workers.model.errors import InvalidInputError
 from workers.serving import SegmentRequest, SegmentResult, rss_bytes
@@ -42,6 +44,9 @@ from workers.serving import SegmentRequest, SegmentResult, rss_bytes
 from .metrics import ServingMetrics
 
 log = logging.getLogger(__name__)
+# A body larger than this is parsed in a thread. Label Studio's body grows with the regions on the image (0.5 MB
+# with 20 brush masks, parsed in about 1 ms); a small one parses in tens of microseconds, less than a thread hop.
+PARSE_ON_LOOP_BYTES = 64 * 1024
 app = FastAPI(title="clickmask", docs_url=None, redoc_url=None, openapi_url=None)
 
 
@@ -113,11 +118,13 @@ class Backend:
             self.recorder.stop()
 
     def stats(self) -> dict:
-        """Memory and queues of this ingress (to watch them stay within their bounds under load)."""
+        """Memory and queues of this ingress (to watch them stay within their bounds under load), and the time of
+        its latest answered /predict requests (seconds, the model's seconds of them, body bytes), for benchmarks."""
         cache = self.fetcher.cache
         recorder = self.recorder.status().__dict__ if self.recorder is not None else None
         return {"pid": os.getpid(), "rss_bytes": rss_bytes(), "image_cache_images": len(cache),
-                "image_cache_bytes": cache.bytes, "image_cache_max_bytes": cache.max_bytes, "recorder": recorder}
+                "image_cache_bytes": cache.bytes, "image_cache_max_bytes": cache.max_bytes, "recorder": recorder,
+                "recent_predict_s": list(self.metrics.recent)}
 
     # ------------------------------------------------------------------------------------------------ plumbing
 
@@ -157,12 +164,16 @@ class Backend:
         with self.session_factory() as session:
             return serving(session, pid, self.model_version)
 
-    async def _body(self, request: Request, load=protocol.load_json) -> dict:
+    async def _body(self, request: Request, load=protocol.load_json, spent: dict | None = None) -> dict:
         raw = bytearray()
         async for chunk in request.stream():
             raw += chunk
             if len(raw) > self.options.max_body_bytes:
                 raise ProtocolError(f"request body larger than {self.options.max_body_bytes} bytes")
+        if spent is not None:
+            spent["body_bytes"] = len(raw)
+        if len(raw) > PARSE_ON_LOOP_BYTES:  # milliseconds of parsing: other clicks are not kept waiting meanwhile
+            return await asyncio.to_thread(load, bytes(raw), self.options.max_body_bytes)
         return load(bytes(raw), self.options.max_body_bytes)
 
     # ---------------------------------------------------------------------------------------------- endpoints
@@ -202,18 +213,19 @@ class Backend:
     @app.post("/predict")
     async def predict(self, request: Request):
         t0 = time.perf_counter()
+        spent = {"model_s": 0.0, "body_bytes": 0}  # filled as the request goes: the model replicas' own time
         try:
-            return await self._predict(request)
+            return await self._predict(request, spent)
         finally:
-            self.metrics.requests.labels("predict").observe(time.perf_counter() - t0)
+            self.metrics.predicted(time.perf_counter() - t0, spent["model_s"], spent["body_bytes"])
 
-    async def _predict(self, request: Request):
+    async def _predict(self, request: Request, spent: dict):
         errors = self.metrics.errors
         if denied := self._unauthorized(request):
             errors.labels("predict", "unauthorized").inc()
             return denied
         try:
-            parsed = protocol.parse_predict(await self._body(request, protocol.load_predict_json))
+            parsed = protocol.parse_predict(await self._body(request, protocol.load_predict_json, spent))
         except ProtocolError as exc:
             errors.labels("predict", "bad request").inc()
             return JSONResponse(protocol.error_response(str(exc)), status_code=400)
@@ -222,7 +234,7 @@ class Backend:
             # Nothing to segment without clicks: an empty prediction per task keeps Label Studio's batch flow going.
             return protocol.predict_response([protocol.prediction([], 0.0, serving.name) for _ in parsed.tasks])
         try:
-            return await self._interactive(parsed, serving)
+            return await self._interactive(parsed, serving, spent)
         except (ProtocolError, ImageFetchError, InvalidInputError) as exc:
             errors.labels("predict", type(exc).__name__).inc()
             return protocol.interactive_error_response(serving.name, str(exc))
@@ -231,10 +243,11 @@ class Backend:
             log.exception("interactive prediction failed")
             return JSONResponse(protocol.error_response("internal error while predicting"), status_code=500)
 
-    async def _interactive(self, parsed: protocol.PredictRequest, serving) -> JSONResponse:
+    async def _interactive(self, parsed: protocol.PredictRequest, serving, spent: dict) -> Response:
         task = parsed.tasks[0]
         key = image_key(task.image_uri)
         pid = project_id(parsed.project)
+        record = self.recorder is not None and pid is not None
         image = None
         results, scores = [], []
         answered = serving.name
@@ -258,25 +271,30 @@ class Backend:
             answered = answer.model_version
             total_ms = (time.perf_counter() - t0) * 1000
             self.metrics.answered(answer.replica, pid, answer.model_version, total_ms / 1000)
-            mask = answer.mask()
-            if mask.shape != (obj.height, obj.width):  # answer at the size Label Studio knows the image by
-                mask = cv2.resize(mask.astype(np.uint8), (obj.width, obj.height), interpolation=cv2.INTER_NEAREST) > 0
-            regions, mask = await asyncio.to_thread(self._answer, mask, obj.answer, answer.score)
+            spent["model_s"] += answer.predict_ms / 1000
+            regions, stored = await asyncio.to_thread(self._encode, answer, obj, record and bool(clicks))
             results += regions
             scores.append(answer.score)
-            self._record(parsed, task, obj, clicks, answer, mask, total_ms)
-        # A ready JSONResponse: FastAPI would otherwise walk the brush RLE (thousands of ints) element by element
-        # before encoding it, about 1.5 ms of the ingress's CPU per click.
-        return JSONResponse(protocol.predict_response(
-            [protocol.prediction(results, float(np.mean(scores)) if scores else 0.0, answered)]))
+            if stored is not None:
+                self._record(pid, task, obj, clicks, answer, stored, total_ms)
+        # Encoded once, here: FastAPI's JSONResponse would walk the brush RLE (thousands of ints) first.
+        return Response(protocol.dump_json(protocol.predict_response(
+            [protocol.prediction(results, float(np.mean(scores)) if scores else 0.0, answered)])),
+            media_type="application/json")
 
-    def _answer(self, mask: np.ndarray, answer: Answer, score: float) -> tuple[list[dict], np.ndarray]:
-        """The regions answering with `mask`, and the mask they show the annotator (what is recorded): for polygons,
-        the polygons drawn back, which is what the annotator accepts or edits."""
-        if answer.region_type == POLYGONS:
-            regions, polygons = protocol.polygon_results(mask, answer, self.options.polygons, score)
-            return regions, draw(polygons, mask.shape[1], mask.shape[0])
-        return [protocol.brush_result(mask, answer, score)], mask
+    def _encode(self, answer: SegmentResult, obj, record: bool) -> tuple[list[dict], CocoRle | None]:
+        """The answer's regions for Label Studio and, when the click is recorded, the mask they show the annotator
+        as stored (COCO RLE): each encoding made once, off the event loop. The mask is answered at the size Label
+        Studio knows the image by; for polygons, what is shown is the polygons drawn back."""
+        mask = answer.mask()
+        if mask.shape != (obj.height, obj.width):
+            mask = cv2.resize(mask.view(np.uint8), (obj.width, obj.height), interpolation=cv2.INTER_NEAREST) > 0
+        if obj.answer.region_type == POLYGONS:
+            regions, polygons = protocol.polygon_results(mask, obj.answer, self.options.polygons, answer.score)
+            mask = draw(polygons, mask.shape[1], mask.shape[0])
+        else:
+            regions = [protocol.brush_result(mask, obj.answer, answer.score)]
+        return regions, (encode(mask) if record else None)
 
     @staticmethod
     async def _segment(handle, request: SegmentRequest, image: np.ndarray | None = None) -> SegmentResult | None:
@@ -289,20 +307,14 @@ class Backend:
             log.warning("a model replica was lost during a request (%s); asking again", type(exc).__name__)
             return await handle.segment.remote(request, image)
 
-    def _record(self, parsed, task, obj, clicks, answer: SegmentResult, mask: np.ndarray, total_ms: float):
-        if self.recorder is None or not clicks:
-            return
-        from integrations.masks import encode
+    def _record(self, pid: int, task, obj, clicks, answer: SegmentResult, mask: CocoRle, total_ms: float):
         from orchestrator.recorder import ClickRecord
 
-        pid = project_id(parsed.project)
-        if pid is None:
-            return
         last = clicks[-1]
         self.recorder.record(ClickRecord(
             project=pid, image_uri=task.image_uri, image_width=obj.width, image_height=obj.height,
             session_key=obj.key, seq=len(clicks), x=float(last.x), y=float(last.y), positive=last.positive,
-            clicked_at=datetime.now(UTC), mask=encode(mask), score=answer.score, latency_ms=total_ms,
+            clicked_at=datetime.now(UTC), mask=mask, score=answer.score, latency_ms=total_ms,
             model_version=answer.model_version, label=obj.label,
         ))
 

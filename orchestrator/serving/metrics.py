@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 
 from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics,
                                generate_latest)
@@ -33,6 +34,7 @@ LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0
 JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 PUSH_S = 5.0  # how often an ingress sends its snapshot to the board
 STALE_S = 30.0  # a snapshot this old belongs to an ingress that is gone
+RECENT_REQUESTS = 4096  # answered /predict requests whose exact times an ingress keeps (for benchmarks)
 
 
 @serve.deployment(name="MetricsBoard", num_replicas=1, ray_actor_options={"num_cpus": 0})
@@ -70,6 +72,10 @@ class ServingMetrics:
                                        buckets=LATENCY_BUCKETS, registry=r)
         self.requests = Histogram("clickmask_request_seconds", "Time to answer a request, by endpoint",
                                   ["endpoint"], buckets=LATENCY_BUCKETS, registry=r)
+        self.model_time = Histogram("clickmask_model_seconds", "Time the model replicas spent predicting for a "
+                                    "/predict request (the rest of its time is the serving path's)",
+                                    buckets=LATENCY_BUCKETS, registry=r)
+        self.recent: deque[tuple[float, float, int]] = deque(maxlen=RECENT_REQUESTS)  # (s, model s, body bytes)
         self.replica_images = Counter("clickmask_replica_image_lookups",
                                       "Whether the model replica asked already held the click's image (hit) or had "
                                       "to be sent it (miss)", ["result"], registry=r)
@@ -80,6 +86,13 @@ class ServingMetrics:
         r.register(_IngressState(fetcher, recorder))
         if board is not None:
             threading.Thread(target=self._push_forever, name="metrics-push", daemon=True).start()
+
+    def predicted(self, seconds: float, model_seconds: float, body_bytes: int) -> None:
+        """A /predict request answered in `seconds`, of which the model replicas predicted for `model_seconds`."""
+        self.requests.labels("predict").observe(seconds)
+        if model_seconds:
+            self.model_time.observe(model_seconds)
+            self.recent.append((seconds, model_seconds, body_bytes))
 
     def answered(self, replica: str, project: int | None, version: str, seconds: float) -> None:
         self.clicks.labels(version).inc()
