@@ -367,14 +367,12 @@ def deploy(replicas: int, images, db_url: str | None) -> None:
 
 
 def start_serving() -> str:
-    """A local Ray (its own temp folder) and Serve's HTTP proxy on a free loopback port; the /predict URL."""
-    from ray import serve
+    """A local Ray (its own temp folder) serving HTTP on a free loopback port as `clickmask serve` does (the
+    ingress listening itself); the /predict URL."""
+    from orchestrator.ray_runtime import start_serving as start
 
-    from orchestrator.ray_runtime import start_ray
-
-    start_ray(temp_dir=tempfile.mkdtemp(prefix="cm-ray-bench-"))
     port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    start("127.0.0.1", port, temp_dir=tempfile.mkdtemp(prefix="cm-ray-bench-"))
     return f"http://127.0.0.1:{port}/predict"
 
 

@@ -1,5 +1,6 @@
 """`clickmask serve` stopped the way a service manager stops it (SIGTERM), while an annotator clicks: every click
-answered is written, Ray and all its processes stop, the exit code is 0, and nothing is dumped. The command runs as
+answered is written, Ray and all its processes stop, the exit code is 0, and nothing is dumped. Its port is the
+ingress replica's own (direct ingress, no HTTP proxy in between). The command runs as
 users run it, in a process of its own with a Ray of its own (so the test is in the `ray` tier by hand)."""
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from sqlalchemy import create_engine, func, select
 from finetune_support import disk_images, predict_body, tiny_checkpoint
 from image_server import ImageServer
 from orchestrator.db import Click
-from support import free_port, wait_for
+from support import free_port, listening_process, wait_for
 
 pytestmark = pytest.mark.ray
 
@@ -83,6 +84,8 @@ def test_sigterm_while_clicking_writes_every_answered_click_stops_ray_and_exits_
                 return False
 
         wait_for(up, "clickmask serve to answer", timeout=300, every=1.0)
+        # The ingress itself listens on the port (Ray Serve's direct ingress): no HTTP proxy between.
+        assert "ServeReplica:clickmask:Backend" in listening_process(port), listening_process(port)
         annotator = Annotator(url + "/predict", predict_body(
             ls_request("predict_interactive_positive_keypoint"), server.url(name), (128, 96), [(31.0, 42.0, True)],
             project=77))

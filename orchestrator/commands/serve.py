@@ -54,20 +54,19 @@ def run(args: argparse.Namespace) -> int:
     from ray import serve
 
     from orchestrator.commands.common import migrate
-    from orchestrator.ray_runtime import start_ray
+    from orchestrator.ray_runtime import start_serving
     from orchestrator.serving.app import APP_NAME, build_app
 
     settings, config = serve_config(args)
     if config.database_url:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         migrate(config.database_url)
-    start_ray()
+    start_serving(args.host, args.port, config.ingress_replicas)
     # SIGTERM (systemd, Kubernetes) stops like Ctrl-C. Set after Ray's start, which installs handlers of its own
     # that dump a stack and exit with the signal's number.
     signal.signal(signal.SIGTERM, _interrupt)
     scheduler = None
     try:
-        serve.start(http_options={"host": args.host, "port": args.port})
         serve.run(build_app(config), name=APP_NAME, route_prefix="/")
         scheduler = start_scheduler(settings, config) if config.database_url else None
         shown = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
