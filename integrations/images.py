@@ -113,6 +113,10 @@ class ImageCache:
     def __len__(self) -> int:
         return len(self._items)
 
+    def __contains__(self, key: str) -> bool:  # not a lookup: counts neither a hit nor a miss
+        with self._lock:
+            return key in self._items
+
     def get(self, key: str) -> np.ndarray | None:
         with self._lock:
             image = self._items.get(key)
@@ -166,6 +170,10 @@ class ImageFetcher:
             image = self.decode(self.fetch_bytes(uri), describe(uri))
             self.cache.put(uri, image)
         return image
+
+    def holds(self, uri) -> bool:
+        """Whether fetch(uri) would answer from the cache."""
+        return isinstance(uri, str) and uri.strip() in self.cache
 
     def fetch_bytes(self, uri: str) -> bytes:
         scheme = urlsplit(uri).scheme.lower()

@@ -29,15 +29,15 @@ def direct_ingress_env(port: int) -> dict[str, str]:
 
 
 def start_serving(host: str, port: int, ingress_replicas: int = 1, address: str | None = None,
-                  temp_dir: str | None = None) -> bool:
+                  temp_dir: str | None = None, direct: bool = True) -> bool:
     """Ray (local, or the cluster at `address` or RAY_ADDRESS) and Ray Serve answering HTTP at host:port. A local Ray
-    with one ingress replica is started with direct ingress (direct_ingress_env); otherwise Serve's HTTP proxy
-    listens on the port and passes requests on. True when direct."""
+    with one ingress replica is started with direct ingress (direct_ingress_env) unless `direct` is False (to
+    compare); otherwise Serve's HTTP proxy listens on the port and passes requests on. True when direct."""
     import socket
 
     from ray import serve
 
-    direct = not (address or os.environ.get("RAY_ADDRESS")) and ingress_replicas == 1
+    direct = direct and not (address or os.environ.get("RAY_ADDRESS")) and ingress_replicas == 1
     start_ray(address, temp_dir=temp_dir, env=direct_ingress_env(port) if direct else None)
     proxy_port = port
     if direct:  # the idle proxy gets a free port of its own

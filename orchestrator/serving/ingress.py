@@ -1,11 +1,11 @@
 """The HTTP face of the backend: the Label Studio ML backend protocol, as a Ray Serve ingress deployment.
 
 Flow of an interactive request: parse and validate the body (integrations.label_studio.protocol), then for each
-object ask a model replica (workers.serving.ClickModel) for a mask, sending the decoded image only when that
-replica does not hold it yet, encode each mask once for each reader (brush RLE or polygons for Label Studio, as the
-label config asks; COCO RLE for the database), and hand each answered click to the recorder, which writes it off the
-request path. Blocking work (image fetching, large bodies, encoding, database) runs in threads, never on the event
-loop.
+object ask a model replica (workers.serving.ClickModel) for a mask, sending the decoded image along when this
+ingress had not held it (so the replica likely lacks it too) or when the replica answers that it lacks it; encode
+each mask once for each reader (brush RLE or polygons for Label Studio, as the label config asks; COCO RLE for the
+database) and hand each answered click to the recorder, which writes it off the request path. Blocking work (image
+fetching, large bodies, encoding, database) runs in threads, never on the event loop.
 
 Each project serves its own model version: the ingress looks it up in the registry (orchestrator.registry), keeps
 the answer for `registry_ttl_s`, and names it in every request to the replicas, which answer with it (or, while it
@@ -248,7 +248,6 @@ class Backend:
         key = image_key(task.image_uri)
         pid = project_id(parsed.project)
         record = self.recorder is not None and pid is not None
-        image = None
         results, scores = [], []
         answered = serving.name
         cap = self.options.images.max_image_pixels
@@ -257,17 +256,23 @@ class Backend:
             if obj.width * obj.height > cap:
                 raise ProtocolError(f"the image size in the request, {obj.width}x{obj.height}, is over the cap of "
                                     f"{cap} pixels")
+        t0 = time.perf_counter()  # a click's time includes fetching its image
+        # An image this ingress has not held is most likely new to the replicas too: sent with the first request,
+        # it spares a round trip to a replica that would only answer that it lacks it.
+        image = None
+        if not self.fetcher.holds(task.image_uri):
+            image = await asyncio.to_thread(self.fetcher.fetch, task.image_uri)
         for obj in parsed.objects:
             clicks = list(obj.prompt_clicks())
-            t0 = time.perf_counter()
             handle = self.model.options(multiplexed_model_id=key)
             request = SegmentRequest(key, obj.key, clicks, box=obj.box, size=(obj.width, obj.height),
                                      model_version=serving.name, checkpoint_key=serving.checkpoint_key, project=pid)
-            answer: SegmentResult | None = await self._segment(handle, request)
-            self.metrics.replica_images.labels("miss" if answer is None else "hit").inc()
+            answer: SegmentResult | None = await self._segment(handle, request, image)
             if answer is None:  # that replica does not hold the image yet
-                image = image if image is not None else await asyncio.to_thread(self.fetcher.fetch, task.image_uri)
+                image = await asyncio.to_thread(self.fetcher.fetch, task.image_uri)
                 answer = await self._segment(handle, request, image)
+            self.metrics.replica_images.labels("hit" if image is None else "miss").inc()
+            image = None  # that replica holds it now
             answered = answer.model_version
             total_ms = (time.perf_counter() - t0) * 1000
             self.metrics.answered(answer.replica, pid, answer.model_version, total_ms / 1000)
@@ -277,6 +282,7 @@ class Backend:
             scores.append(answer.score)
             if stored is not None:
                 self._record(pid, task, obj, clicks, answer, stored, total_ms)
+            t0 = time.perf_counter()
         # Encoded once, here: FastAPI's JSONResponse would walk the brush RLE (thousands of ints) first.
         return Response(protocol.dump_json(protocol.predict_response(
             [protocol.prediction(results, float(np.mean(scores)) if scores else 0.0, answered)])),

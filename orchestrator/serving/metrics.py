@@ -77,8 +77,9 @@ class ServingMetrics:
                                     buckets=LATENCY_BUCKETS, registry=r)
         self.recent: deque[tuple[float, float, int]] = deque(maxlen=RECENT_REQUESTS)  # (s, model s, body bytes)
         self.replica_images = Counter("clickmask_replica_image_lookups",
-                                      "Whether the model replica asked already held the click's image (hit) or had "
-                                      "to be sent it (miss)", ["result"], registry=r)
+                                      "Whether the model replica answered without being sent the click's image "
+                                      "(hit) or was sent it (miss: new to it, or to this ingress)", ["result"],
+                                      registry=r)
         self.replica_version = Gauge("clickmask_replica_model_version",
                                      "1 for the model version that last answered a project on a model replica",
                                      ["replica", "project", "model_version"], registry=r)
