@@ -8,6 +8,7 @@ UI is waited on by its selectors and by what the screen shows, never by fixed sl
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import cv2
@@ -152,6 +153,26 @@ def auto_annotation_with_smart_keypoint(page) -> None:
     choose_smart_keypoint(page)
 
 
+@contextmanager
+def labeling_ui(label_studio, project: int, task: dict, tmp_path_factory, shots: Path):
+    """Chromium with the task open in Label Studio's labeling UI as the annotator, auto-annotation on and the smart
+    keypoint tool chosen; the screen as it is when the test ends (however it ends) is kept in `shots` as last.png."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        context = launch(pw, tmp_path_factory.mktemp("chromium-profile"), viewport={"width": 1400, "height": 900})
+        context.set_default_timeout(UI_TIMEOUT_MS)
+        page = context.new_page()
+        try:
+            open_task(page, label_studio, project, task)
+            shoot(page, shots, "0-task-open")
+            auto_annotation_with_smart_keypoint(page)
+            yield page
+        finally:
+            shoot(page, shots, "last")
+            context.close()
+
+
 def shoot(page, folder: Path, name: str) -> np.ndarray:
     data = page.screenshot(path=str(folder / f"{name}.png"))
     return decode_png(data)
@@ -184,69 +205,57 @@ def negative_click(gt: np.ndarray, ignore: np.ndarray | None, mask: np.ndarray) 
 
 def test_label_studio_ui_click_shows_the_backends_brush_region_and_alt_click_changes_it(
         label_studio, stack, tmp_path_factory):
-    from playwright.sync_api import sync_playwright
-
     project, _, tasks = new_project(label_studio, stack, "browser ui", 1)
     (task,) = tasks
     gt, ignore = ground_truth(task)
     shape = gt.shape
     shots = artifacts_dir(tmp_path_factory, "label-studio-ui")
-    with sync_playwright() as pw:
-        context = launch(pw, tmp_path_factory.mktemp("chromium-profile"), viewport={"width": 1400, "height": 900})
-        context.set_default_timeout(UI_TIMEOUT_MS)
-        page = context.new_page()
-        try:
-            open_task(page, label_studio, project, task)
-            shoot(page, shots, "1-task-open")
-            auto_annotation_with_smart_keypoint(page)
-            before = shoot(page, shots, "2-smart-keypoint-chosen")
-            screen = Screen(page, shape)
+    with labeling_ui(label_studio, project, task, tmp_path_factory, shots) as page:
+        before = shoot(page, shots, "2-smart-keypoint-chosen")
+        screen = Screen(page, shape)
 
-            # Click on the object where the NoC protocol puts the first click; Label Studio asks the backend.
-            first = Clicker(gt, ignore).click(None)
-            with page.expect_response("**/interactive-annotating", timeout=UI_TIMEOUT_MS) as reply:
-                screen.click(first.x, first.y)
-            mask1 = brush(reply.value.json(), shape)
-            inside, outside = screen.project(mask1, before.shape, [(first.x, first.y)])
-            assert inside.sum() > 500, "the mask covers too little of the screen to check"
-            page.get_by_text("1 suggestions").wait_for()
-            after1 = wait_for_screen(page, shots, "3-click-brush-region",
-                                     lambda shot: changed(before, shot)[inside].mean() > .5)
-            on_mask, off_mask = changed(before, after1)[inside].mean(), changed(before, after1)[outside].mean()
-            print(f"first click at {first.x},{first.y}: {mask1.sum()} mask pixels; screen changed on the mask "
-                  f"{on_mask:.2f}, elsewhere {off_mask:.2f}")
-            assert on_mask > .5, f"the brush region is not visible where the mask is ({on_mask:.2f} changed)"
-            assert off_mask < .1, f"the screen changed away from the mask too ({off_mask:.2f})"
+        # Click on the object where the NoC protocol puts the first click; Label Studio asks the backend.
+        first = Clicker(gt, ignore).click(None)
+        with page.expect_response("**/interactive-annotating", timeout=UI_TIMEOUT_MS) as reply:
+            screen.click(first.x, first.y)
+        mask1 = brush(reply.value.json(), shape)
+        inside, outside = screen.project(mask1, before.shape, [(first.x, first.y)])
+        assert inside.sum() > 500, "the mask covers too little of the screen to check"
+        page.get_by_text("1 suggestions").wait_for()
+        after1 = wait_for_screen(page, shots, "3-click-brush-region",
+                                 lambda shot: changed(before, shot)[inside].mean() > .5)
+        on_mask, off_mask = changed(before, after1)[inside].mean(), changed(before, after1)[outside].mean()
+        print(f"first click at {first.x},{first.y}: {mask1.sum()} mask pixels; screen changed on the mask "
+              f"{on_mask:.2f}, elsewhere {off_mask:.2f}")
+        assert on_mask > .5, f"the brush region is not visible where the mask is ({on_mask:.2f} changed)"
+        assert off_mask < .1, f"the screen changed away from the mask too ({off_mask:.2f})"
 
-            # Alt-click outside the object: a negative keypoint; the region is answered again and changes.
-            nx, ny = negative_click(gt, ignore, mask1)
-            choose_smart_keypoint(page)  # placing a keypoint unselects its label
-            with page.expect_response("**/interactive-annotating", timeout=UI_TIMEOUT_MS) as reply:
-                screen.click(nx, ny, alt=True)
-            sent = reply.value.request.post_data_json["context"]["result"]
-            assert [r.get("is_positive", True) for r in sent] == [True, False], sent
-            mask2 = brush(reply.value.json(), shape)
-            assert (mask1 != mask2).sum() > 0, "the negative click did not change the mask"
-            lost, _ = screen.project(mask1 & ~mask2, before.shape, [(first.x, first.y), (nx, ny)])
-            gained, _ = screen.project(mask2 & ~mask1, before.shape, [(first.x, first.y), (nx, ny)])
-            moved = lost | gained
-            assert moved.sum() > 50, f"the change is too small to see: {(mask1 != mask2).sum()} image pixels"
-            after2 = wait_for_screen(page, shots, "4-alt-click-region-changed",
-                                     lambda shot: changed(after1, shot)[moved].mean() > .5)
-            redrawn = changed(after1, after2)[moved].mean()
-            print(f"Alt-click at {nx},{ny}: {(mask1 != mask2).sum()} image pixels changed; screen changed there "
-                  f"{redrawn:.2f}")
-            assert redrawn > .5, f"the region on screen did not follow the new mask ({redrawn:.2f} changed)"
+        # Alt-click outside the object: a negative keypoint; the region is answered again and changes.
+        nx, ny = negative_click(gt, ignore, mask1)
+        choose_smart_keypoint(page)  # placing a keypoint unselects its label
+        with page.expect_response("**/interactive-annotating", timeout=UI_TIMEOUT_MS) as reply:
+            screen.click(nx, ny, alt=True)
+        sent = reply.value.request.post_data_json["context"]["result"]
+        assert [r.get("is_positive", True) for r in sent] == [True, False], sent
+        mask2 = brush(reply.value.json(), shape)
+        assert (mask1 != mask2).sum() > 0, "the negative click did not change the mask"
+        lost, _ = screen.project(mask1 & ~mask2, before.shape, [(first.x, first.y), (nx, ny)])
+        gained, _ = screen.project(mask2 & ~mask1, before.shape, [(first.x, first.y), (nx, ny)])
+        moved = lost | gained
+        assert moved.sum() > 50, f"the change is too small to see: {(mask1 != mask2).sum()} image pixels"
+        after2 = wait_for_screen(page, shots, "4-alt-click-region-changed",
+                                 lambda shot: changed(after1, shot)[moved].mean() > .5)
+        redrawn = changed(after1, after2)[moved].mean()
+        print(f"Alt-click at {nx},{ny}: {(mask1 != mask2).sum()} image pixels changed; screen changed there "
+              f"{redrawn:.2f}")
+        assert redrawn > .5, f"the region on screen did not follow the new mask ({redrawn:.2f} changed)"
 
-            # Accept the suggestion and submit: Label Studio sends the annotation to the backend's webhook.
-            page.get_by_test_id("bottombar-accept-suggestions-button").click()
-            page.locator('button[aria-label="Submit current annotation"]').click()
-            page.get_by_text("1 suggestions").wait_for(state="detached")
-            stored = wait_for_annotations(stack, project, 1)
-            shoot(page, shots, "5-submitted")
-        finally:
-            shoot(page, shots, "last")
-            context.close()
+        # Accept the suggestion and submit: Label Studio sends the annotation to the backend's webhook.
+        page.get_by_test_id("bottombar-accept-suggestions-button").click()
+        page.locator('button[aria-label="Submit current annotation"]').click()
+        page.get_by_text("1 suggestions").wait_for(state="detached")
+        stored = wait_for_annotations(stack, project, 1)
+        shoot(page, shots, "5-submitted")
     assert len(stored) == 1 and (stored[0] == mask2).all(), "the submitted mask is not the backend's last answer"
 
 
@@ -254,8 +263,6 @@ def test_label_studio_ui_click_in_a_polygon_project_shows_an_editable_polygon(la
                                                                               tmp_path_factory):
     """A PolygonLabels project: the smart click comes back as a polygon region, which the UI draws where the
     model's mask is, and which the annotator can select (its vertices become handles), accept and submit."""
-    from playwright.sync_api import sync_playwright
-
     from integrations.polygons import draw, from_percent
 
     project, _, tasks = new_project(label_studio, stack, "browser polygons", 1, config=POLYGON_CONFIG)
@@ -263,49 +270,40 @@ def test_label_studio_ui_click_in_a_polygon_project_shows_an_editable_polygon(la
     gt, ignore = ground_truth(task)
     shape = gt.shape
     shots = artifacts_dir(tmp_path_factory, "label-studio-polygon")
-    with sync_playwright() as pw:
-        context = launch(pw, tmp_path_factory.mktemp("chromium-profile"), viewport={"width": 1400, "height": 900})
-        context.set_default_timeout(UI_TIMEOUT_MS)
-        page = context.new_page()
-        try:
-            open_task(page, label_studio, project, task)
-            auto_annotation_with_smart_keypoint(page)
-            before = shoot(page, shots, "1-smart-keypoint-chosen")
-            screen = Screen(page, shape)
-            first = Clicker(gt, ignore).click(None)
-            with page.expect_response("**/interactive-annotating", timeout=UI_TIMEOUT_MS) as reply:
-                screen.click(first.x, first.y)
-            answer = reply.value.json()
-            assert "errors" not in answer and "errors" not in answer.get("data", {}), answer
-            regions = answer["data"]["result"]
-            assert regions and {r["type"] for r in regions} == {"polygonlabels"}
-            height, width = shape
-            polygons = [from_percent(r["value"]["points"], width, height) for r in regions]
-            mask = draw(polygons, width, height)
-            inside, outside = screen.project(mask, before.shape, [(first.x, first.y)])
-            assert inside.sum() > 500, "the mask covers too little of the screen to check"
-            shown = wait_for_screen(page, shots, "2-click-polygon-region",
-                                    lambda shot: changed(before, shot)[inside].mean() > .5)
-            on_mask, off_mask = changed(before, shown)[inside].mean(), changed(before, shown)[outside].mean()
-            print(f"polygon answer: {len(regions)} region(s), {sum(len(p) for p in polygons)} vertices; screen "
-                  f"changed on the mask {on_mask:.2f}, elsewhere {off_mask:.2f}")
-            assert on_mask > .5, f"the polygon is not drawn where the mask is ({on_mask:.2f} changed)"
-            assert off_mask < .1, f"the screen changed away from the polygon too ({off_mask:.2f})"
+    with labeling_ui(label_studio, project, task, tmp_path_factory, shots) as page:
+        before = shoot(page, shots, "1-smart-keypoint-chosen")
+        screen = Screen(page, shape)
+        first = Clicker(gt, ignore).click(None)
+        with page.expect_response("**/interactive-annotating", timeout=UI_TIMEOUT_MS) as reply:
+            screen.click(first.x, first.y)
+        answer = reply.value.json()
+        assert "errors" not in answer and "errors" not in answer.get("data", {}), answer
+        regions = answer["data"]["result"]
+        assert regions and {r["type"] for r in regions} == {"polygonlabels"}
+        height, width = shape
+        polygons = [from_percent(r["value"]["points"], width, height) for r in regions]
+        mask = draw(polygons, width, height)
+        inside, outside = screen.project(mask, before.shape, [(first.x, first.y)])
+        assert inside.sum() > 500, "the mask covers too little of the screen to check"
+        shown = wait_for_screen(page, shots, "2-click-polygon-region",
+                                lambda shot: changed(before, shot)[inside].mean() > .5)
+        on_mask, off_mask = changed(before, shown)[inside].mean(), changed(before, shown)[outside].mean()
+        print(f"polygon answer: {len(regions)} region(s), {sum(len(p) for p in polygons)} vertices; screen "
+              f"changed on the mask {on_mask:.2f}, elsewhere {off_mask:.2f}")
+        assert on_mask > .5, f"the polygon is not drawn where the mask is ({on_mask:.2f} changed)"
+        assert off_mask < .1, f"the screen changed away from the polygon too ({off_mask:.2f})"
 
-            # Accept, then select the polygon: the editor shows its vertices as handles to drag.
-            page.get_by_test_id("bottombar-accept-suggestions-button").click()
-            page.locator(".lsf-outliner-item").first.click()
-            handles = page.locator(".konvajs-content canvas")
-            handles.first.wait_for()
-            selected = wait_for_screen(page, shots, "3-polygon-selected-for-editing",
-                                       lambda shot: changed(shown, shot).mean() > 0.0005)
-            assert changed(shown, selected).sum() > 0, "selecting the polygon changed nothing on screen"
-            page.locator('button[aria-label="Submit current annotation"]').click()
-            stored = wait_for_annotations(stack, project, 1)
-            shoot(page, shots, "4-submitted")
-        finally:
-            shoot(page, shots, "last")
-            context.close()
+        # Accept, then select the polygon: the editor shows its vertices as handles to drag.
+        page.get_by_test_id("bottombar-accept-suggestions-button").click()
+        page.locator(".lsf-outliner-item").first.click()
+        handles = page.locator(".konvajs-content canvas")
+        handles.first.wait_for()
+        selected = wait_for_screen(page, shots, "3-polygon-selected-for-editing",
+                                   lambda shot: changed(shown, shot).mean() > 0.0005)
+        assert changed(shown, selected).sum() > 0, "selecting the polygon changed nothing on screen"
+        page.locator('button[aria-label="Submit current annotation"]').click()
+        stored = wait_for_annotations(stack, project, 1)
+        shoot(page, shots, "4-submitted")
     assert len(stored) == 1 and (stored[0] == mask).all(), "the submitted polygon is not the backend's answer"
     # The dashboard counts the polygon answer as it counts a brush one: one object, one click, accepted as answered.
     from orchestrator.dashboard.figures import compute

@@ -276,6 +276,37 @@ def test_basic_auth_backend_works_with_credentials_and_is_refused_without(label_
     assert refused.status_code == 401
 
 
+class Cli:
+    """`clickmask` as a user runs it, in this process: (exit code, stdout, stderr) of one command."""
+
+    def __init__(self, capsys):
+        self.capsys = capsys
+
+    def __call__(self, *argv: str) -> tuple[int, str, str]:
+        from orchestrator.cli import main
+
+        code = main([*argv, "--no-progress"])
+        out, err = self.capsys.readouterr()
+        return code, out, err
+
+
+def synced_into_a_new_database(label_studio, project_id: int, tmp_path: Path, monkeypatch, cli: Cli) -> str:
+    """`clickmask sync` of the project's two annotated tasks into a new SQLite database, with Label Studio's URL and
+    key in the environment as a user sets them; the database's URL (left set as CLICKMASK_DATABASE_URL)."""
+    from alembic import command
+
+    from migrations import alembic_config
+
+    monkeypatch.setenv("LABEL_STUDIO_URL", label_studio.url)
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", label_studio.pat)
+    url = f"sqlite:///{tmp_path / 'synced.db'}"
+    command.upgrade(alembic_config(url), "head")
+    monkeypatch.setenv("CLICKMASK_DATABASE_URL", url)
+    code, stdout, stderr = cli("sync", "--project", str(project_id))
+    assert code == 0 and "2 task(s), 2 annotation(s): 2 stored or updated" in stdout, stderr
+    return url
+
+
 def test_annotated_submitted_synced_and_exported_masks_are_the_served_masks_bit_for_bit(
         label_studio, backend, tmp_path, monkeypatch, capsys):
     """Issue 6's round trip: click through Label Studio, submit what the UI then holds (the smart keypoints and
@@ -283,11 +314,8 @@ def test_annotated_submitted_synced_and_exported_masks_are_the_served_masks_bit_
     is the served one, bit for bit. The webhook Label Studio sent to the backend on submit stored the same masks
     in the backend's own database, so its export must say the same."""
     import cv2
-    from alembic import command
     from pycocotools.coco import COCO
 
-    from migrations import alembic_config
-    from orchestrator.cli import main
     from orchestrator.db.models import Annotation
 
     url = backend["deploy"](None)
@@ -310,10 +338,7 @@ def test_annotated_submitted_synced_and_exported_masks_are_the_served_masks_bit_
         served[annotation_id] = brush_mask({"data": {"result": [brush]}}, width, height)
         assert served[annotation_id].any()
 
-    def cli(*argv: str) -> tuple[int, str, str]:
-        code = main([*argv, "--no-progress"])
-        out, err = capsys.readouterr()
-        return code, out, err
+    cli = Cli(capsys)
 
     def exported(database_url: str) -> COCO:
         monkeypatch.setenv("CLICKMASK_DATABASE_URL", database_url)
@@ -332,14 +357,7 @@ def test_annotated_submitted_synced_and_exported_masks_are_the_served_masks_bit_
             assert ann["iscrowd"] == 0 and ann["area"] == int(served[ann["label_studio_annotation_id"]].sum())
         return coco
 
-    monkeypatch.setenv("LABEL_STUDIO_URL", label_studio.url)
-    monkeypatch.setenv("LABEL_STUDIO_API_KEY", label_studio.pat)
-    fresh = f"sqlite:///{tmp_path / 'synced.db'}"
-    command.upgrade(alembic_config(fresh), "head")
-    monkeypatch.setenv("CLICKMASK_DATABASE_URL", fresh)
-    code, stdout, stderr = cli("sync", "--project", str(project_id))
-    assert code == 0 and "2 task(s), 2 annotation(s): 2 stored or updated" in stdout, stderr
-    exported(fresh)
+    exported(synced_into_a_new_database(label_studio, project_id, tmp_path, monkeypatch, cli))
 
     # The backend's database, fed by the webhook of each submit (delivered by Label Studio; allow a moment).
     deadline = time.monotonic() + 20
@@ -359,13 +377,10 @@ def test_a_polygon_project_is_answered_with_polygons_and_its_annotations_sync_ex
     """A PolygonLabels project: every click comes back as polygon regions that, drawn as Label Studio fills them,
     match the model run offline on the same clicks; the submitted polygons come back from `clickmask sync` and
     `clickmask export` with Label Studio's own vertices; and a fine-tuning job runs on the synced project."""
-    from alembic import command
     from pycocotools.coco import COCO
 
     from integrations.masks import encode
     from integrations.polygons import PolygonOptions
-    from migrations import alembic_config
-    from orchestrator.cli import main
     from orchestrator.db import TrainingJob, make_engine, make_session_factory
     from orchestrator.db.models import PredictedMask
     from orchestrator.scheduler import RunnerConfig, Scheduler
@@ -419,18 +434,8 @@ def test_a_polygon_project_is_answered_with_polygons_and_its_annotations_sync_ex
     wait_for(lambda: answered <= recorded(), "every polygon answer recorded", timeout=20)
     assert clicks_counted() - counted_before == made  # counted on /metrics as brush answers are
 
-    def cli(*argv: str) -> tuple[int, str, str]:
-        code = main([*argv, "--no-progress"])
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    monkeypatch.setenv("LABEL_STUDIO_URL", label_studio.url)
-    monkeypatch.setenv("LABEL_STUDIO_API_KEY", label_studio.pat)
-    fresh = f"sqlite:///{tmp_path / 'synced.db'}"
-    command.upgrade(alembic_config(fresh), "head")
-    monkeypatch.setenv("CLICKMASK_DATABASE_URL", fresh)
-    code, stdout, stderr = cli("sync", "--project", str(project_id))
-    assert code == 0 and "2 task(s), 2 annotation(s): 2 stored or updated" in stdout, stderr
+    cli = Cli(capsys)
+    fresh = synced_into_a_new_database(label_studio, project_id, tmp_path, monkeypatch, cli)
     out = tmp_path / "coco.json"
     code, stdout, stderr = cli("export", "--project", str(project_id), "--format", "coco", "--out", str(out))
     assert code == 0 and "skipped 0 mask(s)" in stdout, stderr
