@@ -111,10 +111,9 @@ def decode_brush(data: bytes) -> np.ndarray:
     return out
 
 
-# Run lengths of the brush format: (largest run, bits of its length field, its 2-bit size choice), in the order
-# of the header's four sizes. Runs longer than the last are written as several.
-_BRUSH_SIZES = ((8, 3, 0), (16, 4, 1), (256, 8, 2), (1 << 16, 16, 3))
-_BRUSH_HEADER_SIZES = (3, 4, 8, 16)
+# Run lengths of the brush format, as the header lists them: (largest run, bits of its length field); a block's
+# 2-bit size choice is the position here. Runs longer than the last are written as several.
+_BRUSH_SIZES = ((8, 3), (16, 4), (256, 8), (1 << 16, 16))
 
 
 def mask_to_brush(mask: np.ndarray) -> list[int]:
@@ -133,21 +132,21 @@ def mask_to_brush(mask: np.ndarray) -> list[int]:
     lengths = 4 * np.diff(np.concatenate((starts, [flat.size])))
     values = np.where(flat[starts], 255, 0)
     # A run longer than the largest size is written as runs of that size, then the rest.
-    longest = _BRUSH_SIZES[-1][0]
+    longest, longest_bits = _BRUSH_SIZES[-1]
     pieces = -(-lengths // longest)
     values = np.repeat(values, pieces)
     ends = np.cumsum(pieces)
     lengths = np.repeat(lengths, pieces) - longest * (np.arange(ends[-1]) - np.repeat(ends - pieces, pieces))
     lengths = np.minimum(lengths, longest)
-    field_bits = np.full(lengths.shape, _BRUSH_SIZES[-1][1])
-    choice = np.full(lengths.shape, _BRUSH_SIZES[-1][2])
-    for largest, bits, index in reversed(_BRUSH_SIZES[:-1]):
-        fits = lengths <= largest
-        field_bits[fits], choice[fits] = bits, index
+    field_bits = np.full(lengths.shape, longest_bits)
+    choice = np.full(lengths.shape, len(_BRUSH_SIZES) - 1)
+    for index in reversed(range(len(_BRUSH_SIZES) - 1)):  # the smallest size that holds the run
+        fits = lengths <= _BRUSH_SIZES[index][0]
+        field_bits[fits], choice[fits] = _BRUSH_SIZES[index][1], index
     widths = 3 + field_bits + 8
     codes = (((1 << 2 | choice) << field_bits | (lengths - 1)) << 8 | values).astype(np.uint64)
-    header_widths = [32, 5] + [4] * len(_BRUSH_HEADER_SIZES)
-    header_codes = [flat.size * 4, 8 - 1] + [s - 1 for s in _BRUSH_HEADER_SIZES]
+    header_widths = [32, 5] + [4] * len(_BRUSH_SIZES)
+    header_codes = [flat.size * 4, 8 - 1] + [bits - 1 for _, bits in _BRUSH_SIZES]
     codes = np.concatenate((np.array(header_codes, np.uint64), codes))
     widths = np.concatenate((header_widths, widths)).astype(np.int64)
     # Every block's bits, most significant first, one byte per bit; then eight to a byte.
