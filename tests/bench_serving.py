@@ -24,7 +24,8 @@ For every run: clicks/s (answered clicks over the run's wall time), p50 and p95 
 time per request beside the model replicas' prediction time within it and their difference, the serving path
 (from the ingress's stats(), exact per request; `backend`, `model`, `path` in the table), with the median request
 body. Throughput runs also give the CPU per answered click of each process (from /proc) and, with --profile DIR,
-py-spy samples of each process (collapsed stacks, for flame graph tools; the heaviest functions are printed).
+py-spy samples of each process (collapsed stacks, for flame graph tools; the heaviest functions are printed; py-spy
+is not among the project's dependencies: `.venv/bin/pip install py-spy`).
 Bars (BARS below; the serving issue): the ingress within the model's p50 + 10 ms and p95 + 20 ms and a click
 through Label Studio in 100 ms (p95), with no earlier regions; 100 regions cost the ingress at most 1.2x at the
 median; 60 clicks/s with 8 annotators on one replica; zero errors.
@@ -474,7 +475,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--through-proxy", action="store_true",
                    help="serve through Ray Serve's HTTP proxy, as with several ingress replicas (to compare)")
     p.add_argument("--profile", type=Path, metavar="DIR",
-                   help="sample every Serve process with py-spy during the throughput runs; collapsed stacks here")
+                   help="sample every Serve process with py-spy (not a dependency: `pip install py-spy`) during the "
+                        "throughput runs; collapsed stacks here")
     args = p.parse_args(argv)
     annotator_counts = [int(a) for a in args.annotators.split(",") if a]
     replica_counts = [int(r) for r in args.replicas.split(",") if r]
