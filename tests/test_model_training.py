@@ -9,7 +9,7 @@ from workers.model.data import LoadedImage, SampleGenerator, _object
 from workers.model.loss import normalized_focal_loss
 from workers.model.network import ClickSegNet, NetConfig, grow
 from workers.model.sampler import corrective_click, initial_clicks
-from workers.model.train import TrainConfig, lineage_totals, train, train_step
+from workers.model.train import TrainConfig, _Batches, lineage_totals, train, train_step
 
 SMALL = NetConfig(widths=(8, 16, 16, 24, 24), blocks=(1, 1, 1, 1), decoder_width=16)
 
@@ -145,16 +145,37 @@ def test_first_click_batches_train_on_one_positive_click_and_nothing_else():
     net = ClickSegNet(SMALL).to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
 
-    def clicks_after_steps(share: float) -> list[list]:
+    def clicks_after_steps(first_click: bool) -> list[list]:
         rng = np.random.default_rng(1)
-        cfg = TrainConfig(batch_size=4, size=64, bf16=False, max_corrective_clicks=3, first_click_share=share)
+        cfg = TrainConfig(batch_size=4, size=64, bf16=False, max_corrective_clicks=3)
         batches = [[gen.sample(rng) for _ in range(4)] for _ in range(6)]
         for batch in batches:
-            train_step(net, opt, batch, rng, cfg)
+            train_step(net, opt, batch, rng, cfg, first_click)
         return [s.clicks for batch in batches for s in batch]
 
-    assert all(len(c) == 1 and c[0].positive for c in clicks_after_steps(1.0))
-    assert max(len(c) for c in clicks_after_steps(0.0)) > 1  # random initial and corrective clicks otherwise
+    assert all(len(c) == 1 and c[0].positive for c in clicks_after_steps(True))
+    assert max(len(c) for c in clicks_after_steps(False)) > 1  # random initial and corrective clicks otherwise
+
+
+class _PickedImages(SampleGenerator):
+    """A generator whose samples are the images it picked (the folder choice is what is tested, not the crop)."""
+
+    def _try(self, rng, item):
+        return item
+
+
+def test_first_click_batches_come_at_their_share_from_their_own_folders():
+    images = _generator().folders[0]
+    parts, wholes = images[:3], images[3:]
+    gen = _PickedImages([parts, wholes], [1.0, 0.0], size=64, first_click_weights=[0.0, 1.0])
+    cfg = TrainConfig(batch_size=3, size=64, first_click_share=0.3)
+    batches = iter(_Batches(gen, cfg, seed=0))
+    drawn = [next(batches) for _ in range(200)]
+    for first, batch in drawn:
+        assert all(any(picked is im for im in wholes) == first for picked in batch)
+    assert 35 <= sum(first for first, _ in drawn) <= 85  # 60 expected at a share of 0.3 (sd 6.5)
+    with pytest.raises(ValueError, match="sampling weights"):
+        SampleGenerator([parts, wholes], first_click_weights=[0.0, 0.0])
 
 
 def test_a_run_started_from_another_counts_its_training_in_the_lineage(tmp_path):

@@ -53,6 +53,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "NoC@90 so far, judged at each checkpoint (needs --validate-images)")
     p.add_argument("--first-click-share", type=float, default=0.0, metavar="P",
                    help="share of batches trained as a served first click: one positive click, nothing else")
+    p.add_argument("--first-click-weight", action="append", type=float, metavar="W",
+                   help="sampling weight of each --data folder in first-click batches, in order (default: as "
+                        "--weight); e.g. more weight on folders of whole objects, which a first click should "
+                        "select whole")
     p.add_argument("--device", default="cpu", help="torch device to train on (cpu, cuda)")
     p.add_argument("--minutes", type=float, default=0.0,
                    help="stop after this many minutes with a checkpoint, wherever the schedule is (0: run to its "
@@ -198,8 +202,11 @@ def run(args: argparse.Namespace) -> int:
     from workers.model.data import SampleGenerator, load_folder
     from workers.model.train import TrainConfig, lineage_totals, train
 
-    if args.weight and len(args.weight) != len(args.data):
-        raise SystemExit("give one --weight per --data folder")
+    for name, given in (("--weight", args.weight), ("--first-click-weight", args.first_click_weight)):
+        if given and len(given) != len(args.data):
+            raise SystemExit(f"give one {name} per --data folder")
+        if given and (min(given) < 0 or sum(given) <= 0):
+            raise SystemExit(f"{name}: weights are non-negative and not all zero")
     if args.resume and not args.out.exists():
         raise SystemExit(f"--resume: no checkpoint at {args.out}")
     if args.best and not (args.validate_images and args.holdout_every):
@@ -221,13 +228,15 @@ def run(args: argparse.Namespace) -> int:
                       checkpoint_every_s=args.checkpoint_every, bf16=not args.no_bf16,
                       grow_to=grow_to, first_click_share=args.first_click_share, device=args.device,
                       stop_after_s=60 * args.minutes,
-                      data={Path(d).name: w for d, w in zip(args.data, args.weight or [1.0] * len(args.data))})
+                      data={Path(d).name: w for d, w in zip(args.data, args.weight or [1.0] * len(args.data))},
+                      first_click_data={Path(d).name: w for d, w in zip(args.data, args.first_click_weight or [])})
     init = args.out if args.resume else args.init
     validate = None
     if args.validate_images and args.holdout_every:
         validate = KeepBest(lambda path, state: holdout_metrics(path, args.data, args.holdout_every,
                                                                 args.validate_images), args.best)
-    state = train(SampleGenerator(folders, args.weight, size=args.size), args.out, cfg, init=init,
+    generator = SampleGenerator(folders, args.weight, size=args.size, first_click_weights=args.first_click_weight)
+    state = train(generator, args.out, cfg, init=init,
                   resume=args.resume, on_checkpoint=validate)
     total = lineage_totals({**state, "config": {}})
     print(f"wrote {args.out}: {state['samples_seen']} samples in {state['wall_time_s'] / 60:.1f} min, "

@@ -70,22 +70,25 @@ def load_folder(root: str | Path, min_area: int = 400, holdout_every: int = 0, p
 
 
 class SampleGenerator:
-    """Endless random samples from several loaded folders, each drawn with its own weight."""
+    """Endless random samples from several loaded folders, each drawn with its own weight. Samples for a first
+    click may be drawn with weights of their own (`first_click_weights`): a first click on its own should mean the
+    whole object, which folders of object parts (scene regions, garments) teach against."""
 
     def __init__(self, folders: list[list[LoadedImage]], weights: list[float] | None = None, size: int = 256,
-                 zoom_prob: float = 0.65, merge_prob: float = 0.15):
+                 zoom_prob: float = 0.65, merge_prob: float = 0.15, first_click_weights: list[float] | None = None):
         if not folders or not all(folders):
             raise ValueError("every training folder needs at least one image with a mask")
         self.folders = folders
-        w = np.asarray(weights or [1.0] * len(folders), float)
-        self.weights = w / w.sum()
+        self.weights = _normalised(weights, len(folders))
+        self.first_click_weights = _normalised(first_click_weights or weights, len(folders))
         self.size = size
         self.zoom_prob = zoom_prob
         self.merge_prob = merge_prob
 
-    def sample(self, rng: np.random.Generator) -> Sample:
+    def sample(self, rng: np.random.Generator, first_click: bool = False) -> Sample:
+        weights = self.first_click_weights if first_click else self.weights
         while True:
-            folder = self.folders[rng.choice(len(self.folders), p=self.weights)]
+            folder = self.folders[rng.choice(len(self.folders), p=weights)]
             item = folder[rng.integers(len(folder))]
             s = self._try(rng, item)
             if s is not None:
@@ -137,6 +140,13 @@ class SampleGenerator:
         sx = -scale if flip else scale
         # frame x = sx * (x - cx) + size / 2, frame y = scale * (y - cy) + size / 2
         return np.array([[sx, 0, self.size / 2 - sx * cx], [0, scale, self.size / 2 - scale * cy]], np.float64)
+
+
+def _normalised(weights: list[float] | None, n: int) -> np.ndarray:
+    w = np.asarray(weights or [1.0] * n, float)
+    if w.shape != (n,) or (w < 0).any() or w.sum() <= 0:
+        raise ValueError(f"expected {n} non-negative sampling weights, not all zero; got {weights}")
+    return w / w.sum()
 
 
 def _boxes_touch(a, b, margin: int = 2) -> bool:

@@ -43,6 +43,7 @@ class TrainConfig:
     # Share of batches trained as a first click exactly as served: one positive click, no previous mask, no
     # corrective pass. Random initial clicks alone make that case rare (about 7 % of batches).
     first_click_share: float = 0.0
+    first_click_data: dict = field(default_factory=dict)  # training folder -> first-click weight (empty: as data)
     device: str = "cpu"  # a torch device: "cpu", "cuda"
     stop_after_s: float = 0.0  # end this run (with a checkpoint) after so many seconds, whatever the schedule says
     data: dict = field(default_factory=dict)  # training folder -> sampling weight, recorded for the model card
@@ -51,15 +52,23 @@ class TrainConfig:
     predictor: dict = field(default_factory=lambda: PredictorConfig().to_dict())
 
 
-class _Samples(IterableDataset):
-    def __init__(self, generator: SampleGenerator, seed: int):
-        self.generator, self.seed = generator, seed
+class _Batches(IterableDataset):
+    """Endless batches, each drawn whole by a data worker: (first_click, samples). A first-click batch (a share of
+    them) is drawn with the generator's first-click weights and trained as a served first click."""
+
+    def __init__(self, generator: SampleGenerator, cfg: TrainConfig, seed: int):
+        self.generator, self.cfg, self.seed = generator, cfg, seed
 
     def __iter__(self):
         info = get_worker_info()
         rng = np.random.default_rng([self.seed, 0 if info is None else info.id, int(time.time())])
         while True:
-            yield self.generator.sample(rng)
+            first = bool(self.cfg.first_click_share) and rng.random() < self.cfg.first_click_share
+            yield first, [self.generator.sample(rng, first) for _ in range(self.cfg.batch_size)]
+
+
+def _as_drawn(batch):
+    return batch  # torch's default would turn the samples' arrays into tensors
 
 
 def _lr_factor(seen: int, cfg: TrainConfig, elapsed_s: float = 0.0) -> float:
@@ -83,11 +92,13 @@ def _forward(net: ClickSegNet, batch: list[Sample], bins: list[np.ndarray], prev
         return net(*inputs).float()
 
 
-def train_step(net, optimizer, batch: list[Sample], rng: np.random.Generator, cfg: TrainConfig) -> float:
-    """One iterative-training step on a batch; returns the loss. Clicks are appended to the samples in place."""
+def train_step(net, optimizer, batch: list[Sample], rng: np.random.Generator, cfg: TrainConfig,
+               first_click: bool = False) -> float:
+    """One iterative-training step on a batch; returns the loss. Clicks are appended to the samples in place.
+    `first_click`: train the batch as a served first click (one positive click, no previous mask)."""
     bins = [colour_bins(s.rgb) for s in batch]
     prev: list[np.ndarray | None] = [None] * len(batch)
-    if cfg.first_click_share and rng.random() < cfg.first_click_share:
+    if first_click:
         for s in batch:
             del s.clicks[1:]  # the sampler's first click is always positive
         n_extra = 0
@@ -151,8 +162,8 @@ def train(
     elif prior.get("samples_seen"):
         state["lineage"] = [*prior.get("lineage", []), run_summary(prior)]
     rng = np.random.default_rng([cfg.seed, state["steps"]])
-    loader = DataLoader(_Samples(generator, cfg.seed + state["steps"]), batch_size=cfg.batch_size,
-                        num_workers=cfg.data_workers, collate_fn=list,
+    loader = DataLoader(_Batches(generator, cfg, cfg.seed + state["steps"]), batch_size=None,
+                        num_workers=cfg.data_workers, collate_fn=_as_drawn,
                         persistent_workers=cfg.data_workers > 0, prefetch_factor=4 if cfg.data_workers else None)
 
     def checkpoint() -> None:
@@ -168,14 +179,14 @@ def train(
     losses: list[float] = []
     t_start, t_ckpt = time.perf_counter(), time.perf_counter()
     wall0, seen0 = state["wall_time_s"], state["samples_seen"]
-    for batch in loader:
+    for first_click, batch in loader:
         if state["samples_seen"] >= cfg.samples:
             break
         if cfg.stop_after_s and time.perf_counter() - t_start > cfg.stop_after_s:
             break
         for group in optimizer.param_groups:
             group["lr"] = cfg.lr * _lr_factor(state["samples_seen"], cfg, time.perf_counter() - t_start)
-        losses.append(train_step(net, optimizer, batch, rng, cfg))
+        losses.append(train_step(net, optimizer, batch, rng, cfg, first_click))
         state["samples_seen"] += len(batch)
         state["steps"] += 1
         state["wall_time_s"] = wall0 + time.perf_counter() - t_start
@@ -195,7 +206,9 @@ def run_summary(train_state: dict) -> dict:
     """One run of a checkpoint's training, as its lineage records it."""
     config = train_state.get("config", {})
     return {"samples": train_state.get("samples_seen", 0), "hours": round(train_state.get("wall_time_s", 0) / 3600, 3),
-            "lr": config.get("lr"), "data": config.get("data", {}), "device": config.get("device", "cpu")}
+            "lr": config.get("lr"), "data": config.get("data", {}), "device": config.get("device", "cpu"),
+            "first_click_share": config.get("first_click_share", 0.0),
+            "first_click_data": config.get("first_click_data") or config.get("data", {})}
 
 
 def lineage_totals(train_state: dict) -> dict:
