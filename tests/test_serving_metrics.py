@@ -8,6 +8,7 @@ import cv2
 import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
+from ray import serve
 
 from finetune_support import predict_body, tiny_checkpoint
 from image_server import ImageServer
@@ -109,6 +110,38 @@ def test_metrics_count_clicks_errors_latency_caches_replica_versions_and_jobs(ba
     assert value(after, "clickmask_database_up") == 1
     wait_for_clicks(backend["db_url"], 2)
     assert value(samples(url), "clickmask_clicks_recorded_total") >= 2
+
+
+def test_opening_a_task_hands_its_image_to_a_replica_before_the_first_click(backend, ls_request):
+    url, server = backend["url"], backend["images"]
+    for name in ("opened.png", "listed-1.png", "listed-2.png"):
+        (server.root / name).write_bytes((server.root / "disk.png").read_bytes())
+    batch = ls_request("predict_batch_2_tasks")
+    batch["project"] = f"{PROJECT}.1795586130"
+    listed = [server.url("listed-1.png"), server.url("listed-2.png")]
+    for task, image in zip(batch["tasks"], listed):
+        task["data"]["image"] = image
+    opened = {**batch, "tasks": [{**batch["tasks"][0], "data": {"image": server.url("opened.png")}}]}
+    model = serve.get_deployment_handle("ClickModel", app_name="metrics")
+    held = lambda: model.stats.remote().result()["images"]  # noqa: E731
+    before, images_before = samples(url), held()
+    for body in (batch, opened):  # a page of tasks listed, then one task opened
+        reply = requests.post(url + "/predict", json=body, auth=AUTH, timeout=60)
+        assert reply.status_code == 200 and all(r["result"] == [] for r in reply.json()["results"])
+    deadline = time.monotonic() + 30
+    while held() == images_before and time.monotonic() < deadline:  # warmed in the background
+        time.sleep(0.1)
+    assert held() == images_before + 1
+    click = predict_body(ls_request("predict_interactive_positive_keypoint"), server.url("opened.png"), (W, H),
+                         [(50.0, 50.0, True)], PROJECT, "opened")
+    assert "errors" not in requests.post(url + "/predict", json=click, auth=AUTH, timeout=120).json()
+
+    after = samples(url)
+    grew = lambda name, **labels: value(after, name, **labels) - value(before, name, **labels)  # noqa: E731
+    assert server.hits.get("/opened.png") == 1  # fetched once, when the task was opened
+    assert "/listed-1.png" not in server.hits and "/listed-2.png" not in server.hits
+    assert grew("clickmask_replica_image_lookups_total", result="hit") == 1  # the click went without the image
+    assert grew("clickmask_replica_image_lookups_total", result="miss") == 0
 
 
 def test_dashboard_is_behind_auth_and_draws_what_the_backend_recorded(backend, ls_request):

@@ -282,6 +282,12 @@ class ClickModel:
         state = self._states[image_key] = _ImageState()
         return state
 
+    async def hold(self, image: np.ndarray) -> None:
+        """Keep an image for the clicks to come on it (sent when its task is opened, before the first click)."""
+        state = await self._image_state(serve.get_multiplexed_model_id())
+        if state.rgb is None:
+            state.rgb = as_rgb8(image)
+
     async def segment(self, request: SegmentRequest, image: np.ndarray | None = None) -> SegmentResult | None:
         """None when this replica does not hold the image and `image` was not given: send it again with it."""
         state = await self._image_state(serve.get_multiplexed_model_id() or request.image_key)

@@ -5,7 +5,9 @@ object ask a model replica (workers.serving.ClickModel) for a mask, sending the 
 ingress had not held it (so the replica likely lacks it too) or when the replica answers that it lacks it; encode
 each mask once for each reader (brush RLE or polygons for Label Studio, as the label config asks; COCO RLE for the
 database) and hand each answered click to the recorder, which writes it off the request path. Blocking work (image
-fetching, large bodies, encoding, database) runs in threads, never on the event loop.
+fetching, large bodies, encoding, database) runs in threads, never on the event loop. A batch request for a single
+task (Label Studio asking for its predictions as an annotator opens it) is answered at once with an empty prediction
+and warms the task's image: fetched and handed to the replica its clicks will go to, before the first click.
 
 Each project serves its own model version: the ingress looks it up in the registry (orchestrator.registry), keeps
 the answer for `registry_ttl_s`, and names it in every request to the replicas, which answer with it (or, while it
@@ -47,6 +49,11 @@ log = logging.getLogger(__name__)
 # A body larger than this is parsed in a thread. Label Studio's body grows with the regions on the image (0.5 MB
 # with 20 brush masks, parsed in about 1 ms); a small one parses in tens of microseconds, less than a thread hop.
 PARSE_ON_LOOP_BYTES = 64 * 1024
+# Label Studio asks for a task's predictions when an annotator opens it (a batch /predict of that one task): its
+# image is then fetched and handed to a model replica in the background, so the first click costs the model alone.
+# A larger batch (a Data Manager page, "Retrieve predictions") is not warmed: that is many images nobody clicks yet.
+WARM_TASKS = 1
+WARMING_AT_ONCE = 4  # background warms in flight; beyond that a task opens without one
 app = FastAPI(title="clickmask", docs_url=None, redoc_url=None, openapi_url=None)
 
 
@@ -104,6 +111,7 @@ class Backend:
         self.recorder = None
         self.session_factory = None
         self._serving: dict = {}  # ls project id -> (monotonic expiry, registry.Serving)
+        self._warming: set[asyncio.Task] = set()  # referenced until done: the loop keeps only weak references
         if options.database_url:
             from orchestrator.db.engine import make_engine, make_session_factory
             from orchestrator.recorder import Recorder
@@ -232,6 +240,9 @@ class Backend:
         serving = await self._serving_for(parsed.project)
         if not parsed.interactive:
             # Nothing to segment without clicks: an empty prediction per task keeps Label Studio's batch flow going.
+            if len(parsed.tasks) <= WARM_TASKS:
+                for task in parsed.tasks:
+                    self._warm(task.image_uri)
             return protocol.predict_response([protocol.prediction([], 0.0, serving.name) for _ in parsed.tasks])
         try:
             return await self._interactive(parsed, serving, spent)
@@ -287,6 +298,22 @@ class Backend:
         return Response(protocol.dump_json(protocol.predict_response(
             [protocol.prediction(results, float(np.mean(scores)) if scores else 0.0, answered)])),
             media_type="application/json")
+
+    def _warm(self, uri: str) -> None:
+        """Fetch an image and hand it to the model replica its clicks will be routed to, in the background."""
+        if len(self._warming) >= WARMING_AT_ONCE or self.fetcher.holds(uri):
+            return
+        warming = asyncio.create_task(self._warm_image(uri))
+        self._warming.add(warming)
+        warming.add_done_callback(self._warming.discard)
+
+    async def _warm_image(self, uri: str) -> None:
+        try:
+            image = await asyncio.to_thread(self.fetcher.fetch, uri)
+            key = image_key(uri)
+            await self.model.options(multiplexed_model_id=key).hold.remote(image)
+        except Exception as exc:  # the first click fetches it again, and answers why if it fails again
+            log.info("could not warm an opened task's image: %s", exc)
 
     def _encode(self, answer: SegmentResult, obj, record: bool) -> tuple[list[dict], CocoRle | None]:
         """The answer's regions for Label Studio and, when the click is recorded, the mask they show the annotator
