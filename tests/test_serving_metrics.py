@@ -121,11 +121,13 @@ def test_opening_a_task_hands_its_image_to_a_replica_before_the_first_click(back
     listed = [server.url("listed-1.png"), server.url("listed-2.png")]
     for task, image in zip(batch["tasks"], listed):
         task["data"]["image"] = image
-    opened = {**batch, "tasks": [{**batch["tasks"][0], "data": {"image": server.url("opened.png")}}]}
+    one_task = lambda image: {**batch, "tasks": [{**batch["tasks"][0], "data": {"image": image}}]}  # noqa: E731
+    elsewhere = ImageServer(server.root)  # a host the backend is not allowed to fetch from
     model = serve.get_deployment_handle("ClickModel", app_name="metrics")
     held = lambda: model.stats.remote().result()["images"]  # noqa: E731
     before, images_before = samples(url), held()
-    for body in (batch, opened):  # a page of tasks listed, then one task opened
+    # A page of tasks listed, a task whose image may not be fetched opened, then a task opened.
+    for body in (batch, one_task(elsewhere.url("disk.png")), one_task(server.url("opened.png"))):
         reply = requests.post(url + "/predict", json=body, auth=AUTH, timeout=60)
         assert reply.status_code == 200 and all(r["result"] == [] for r in reply.json()["results"])
     deadline = time.monotonic() + 30
@@ -140,6 +142,8 @@ def test_opening_a_task_hands_its_image_to_a_replica_before_the_first_click(back
     grew = lambda name, **labels: value(after, name, **labels) - value(before, name, **labels)  # noqa: E731
     assert server.hits.get("/opened.png") == 1  # fetched once, when the task was opened
     assert "/listed-1.png" not in server.hits and "/listed-2.png" not in server.hits
+    assert elsewhere.hits == {}  # never contacted
+    elsewhere.stop()
     assert grew("clickmask_replica_image_lookups_total", result="hit") == 1  # the click went without the image
     assert grew("clickmask_replica_image_lookups_total", result="miss") == 0
 
