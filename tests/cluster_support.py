@@ -29,25 +29,27 @@ from support import free_port, wait_for  # noqa: E402
 
 APP = "nodes"
 ANNOTATORS = 4
+IMAGES_EACH = 3  # 12 images in all: the router spreads them over the two replicas (4 left both on one now and then)
 SIZE = (128, 96)
 START_TIMEOUT_S = 300.0
 
 
 class Annotator(threading.Thread):
-    """Clicks on its own image without pause, one object after another, until told to stop; notes each click's
-    outcome with the phase it was sent in."""
+    """Clicks on its own images without pause, one object after another, each on the next image, until told to
+    stop; notes each click's outcome with the phase it was sent in."""
 
-    def __init__(self, url: str, image_url: str, template: dict, name: str):
+    def __init__(self, url: str, image_urls: list[str], template: dict, name: str):
         super().__init__(daemon=True)
-        self.url, self.image_url, self.template, self.name = url, image_url, template, name
+        self.url, self.image_urls, self.template, self.name = url, image_urls, template, name
         self.phase, self.stop, self.outcomes = "before", threading.Event(), []
 
     def run(self) -> None:
         session, n = requests.Session(), 0
         history = [(35.0, 40.0, True), (5.0, 5.0, False), (40.0, 55.0, True), (90.0, 90.0, False)]
         while not self.stop.is_set():
-            k = n % len(history) + 1
-            body = predict_body(self.template, self.image_url, SIZE, history[:k], 1, f"{self.name}-{n // len(history)}")
+            k, item = n % len(history) + 1, n // len(history)
+            image_url = self.image_urls[item % len(self.image_urls)]
+            body = predict_body(self.template, image_url, SIZE, history[:k], 1, f"{self.name}-{item}")
             phase = self.phase
             try:
                 reply = session.post(self.url, json=body, timeout=120)
@@ -78,7 +80,7 @@ def main(work: Path) -> dict:
 
     template = json.loads((REQUESTS / "predict_interactive_pos_neg_keypoints.json").read_text())["body"]
     (work / "images").mkdir(parents=True, exist_ok=True)
-    names = [name for name, _ in disk_images(work / "images", ANNOTATORS)]
+    names = [name for name, _ in disk_images(work / "images", ANNOTATORS * IMAGES_EACH)]
     images = ImageServer(work / "images")
     checkpoint = tiny_checkpoint(work / "tiny.pt")
     node = dict(node_ip_address="127.0.0.1", include_dashboard=False)
@@ -101,8 +103,9 @@ def main(work: Path) -> dict:
             return len(nodes_seen) == 2
 
         wait_for(both_nodes_serve, "a replica on each node", START_TIMEOUT_S)
-        annotators = [Annotator(f"http://127.0.0.1:{port}/predict", images.url(name), template, f"a{i}")
-                      for i, name in enumerate(names)]
+        annotators = [Annotator(f"http://127.0.0.1:{port}/predict",
+                                [images.url(name) for name in names[i::ANNOTATORS]], template, f"a{i}")
+                      for i in range(ANNOTATORS)]
         for a in annotators:
             a.start()
         wait_for(lambda: all(len(a.outcomes) >= 8 for a in annotators), "clicks before the node goes", START_TIMEOUT_S)
