@@ -275,3 +275,7 @@ def test_train_command_writes_config_train_state_and_holdout_metrics(tmp_path):
     with pytest.raises(SystemExit, match="needs --validate-images"):
         main(["train", "--data", str(tmp_path / "data"), "--out", str(deeper), "--best", str(best),
               "--validate-images", "0"])
+    with pytest.raises(SystemExit, match="give one --first-click-weight per --data"):
+        main(args + ["--first-click-share", "0.5", "--first-click-weight", "1", "--first-click-weight", "1"])
+    with pytest.raises(SystemExit, match="give --first-click-share above 0"):
+        main(args + ["--first-click-weight", "1"])

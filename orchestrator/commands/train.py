@@ -218,6 +218,8 @@ def run(args: argparse.Namespace) -> int:
         check_grow_to(args.init, grow_to)
     if not 0.0 <= args.first_click_share <= 1.0:
         raise SystemExit(f"--first-click-share is a share between 0 and 1, not {args.first_click_share}")
+    if args.first_click_weight and not args.first_click_share:
+        raise SystemExit("--first-click-weight weighs the first-click batches: give --first-click-share above 0")
     folders = []
     for d in args.data:
         images = load_folder(d, holdout_every=args.holdout_every)
