@@ -199,14 +199,16 @@ def check_grow_to(init: Path | None, grow_to: dict) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from workers.model.data import SampleGenerator, load_folder
+    from workers.model.data import SampleGenerator, load_folder, sampling_weights
     from workers.model.train import TrainConfig, lineage_totals, train
 
     for name, given in (("--weight", args.weight), ("--first-click-weight", args.first_click_weight)):
         if given and len(given) != len(args.data):
             raise SystemExit(f"give one {name} per --data folder")
-        if given and (min(given) < 0 or sum(given) <= 0):
-            raise SystemExit(f"{name}: weights are non-negative and not all zero")
+        try:  # before any data is loaded: the generator checks them the same way
+            sampling_weights(given, len(args.data))
+        except ValueError as exc:
+            raise SystemExit(f"{name}: {exc}") from None
     if args.resume and not args.out.exists():
         raise SystemExit(f"--resume: no checkpoint at {args.out}")
     if args.best and not (args.validate_images and args.holdout_every):

@@ -79,8 +79,8 @@ class SampleGenerator:
         if not folders or not all(folders):
             raise ValueError("every training folder needs at least one image with a mask")
         self.folders = folders
-        self.weights = _normalised(weights, len(folders))
-        self.first_click_weights = _normalised(first_click_weights or weights, len(folders))
+        self.weights = sampling_weights(weights, len(folders))
+        self.first_click_weights = sampling_weights(first_click_weights or weights, len(folders))
         self.size = size
         self.zoom_prob = zoom_prob
         self.merge_prob = merge_prob
@@ -142,7 +142,9 @@ class SampleGenerator:
         return np.array([[sx, 0, self.size / 2 - sx * cx], [0, scale, self.size / 2 - scale * cy]], np.float64)
 
 
-def _normalised(weights: list[float] | None, n: int) -> np.ndarray:
+def sampling_weights(weights: list[float] | None, n: int) -> np.ndarray:
+    """The sampling weights of `n` folders, summing to 1 (equal when None); ValueError unless they are n numbers,
+    none negative, not all zero."""
     w = np.asarray(weights or [1.0] * n, float)
     if w.shape != (n,) or (w < 0).any() or w.sum() <= 0:
         raise ValueError(f"expected {n} non-negative sampling weights, not all zero; got {weights}")

@@ -63,7 +63,7 @@ class _Batches(IterableDataset):
         info = get_worker_info()
         rng = np.random.default_rng([self.seed, 0 if info is None else info.id, int(time.time())])
         while True:
-            first = bool(self.cfg.first_click_share) and rng.random() < self.cfg.first_click_share
+            first = rng.random() < self.cfg.first_click_share
             yield first, [self.generator.sample(rng, first) for _ in range(self.cfg.batch_size)]
 
 
