@@ -127,6 +127,24 @@ def test_a_widened_net_computes_what_the_original_did_and_then_trains_its_new_ch
         grow(grown, SMALL)
 
 
+def test_a_net_given_a_context_branch_computes_what_it_did_and_then_trains_the_branch():
+    torch.manual_seed(0)
+    net = _trained_looking(ClickSegNet(SMALL))
+    grown = grow(net, NetConfig.from_dict({**SMALL.to_dict(), "context_width": 12}))
+    _same_function(grown, net)
+    grads = _gradient(grown)
+    # The branch's output layer starts at zero, so it is what learns first; the layers behind it follow once it
+    # has moved off zero.
+    assert not grown.context.mlp[-1].weight.detach().any()
+    assert float(grads["context.mlp.2.weight"].abs().sum()) > 0
+    with torch.no_grad():  # a branch in use, then widened: its new hidden channels start unseen
+        grown.context.mlp[-1].weight.normal_()
+    wider = grow(grown, NetConfig.from_dict({**SMALL.to_dict(), "context_width": 20}))
+    _same_function(wider, grown)
+    with pytest.raises(ValueError, match="context width 12 to 0"):
+        grow(grown, SMALL)
+
+
 def test_training_writes_a_resumable_checkpoint(tmp_path):
     gen = _generator()
     cfg = TrainConfig(samples=32, batch_size=8, size=64, data_workers=0, net=SMALL.to_dict(), bf16=False)
@@ -265,6 +283,10 @@ def test_train_command_writes_config_train_state_and_holdout_metrics(tmp_path):
     payload = load_checkpoint(deeper)
     assert tuple(payload["net"]["widths"]) == tuple(w + 4 for w in NetConfig().widths)
     assert payload["net"]["decoder_width"] == 36 and tuple(payload["net"]["blocks"]) == (1, 2, 3, 2)
+    assert main(["train", "--data", str(tmp_path / "data"), "--out", str(deeper), "--init", str(deeper),
+                 "--context-width", "16", "--samples", "8", "--size", "64", "--validate-images", "0",
+                 "--workers", "0", "--no-bf16"]) == 0
+    assert load_checkpoint(deeper)["net"]["context_width"] == 16
     with pytest.raises(SystemExit):  # argparse's usage error, before any data is loaded
         main(["train", "--data", str(tmp_path / "data"), "--out", str(deeper), "--deepen", "1,x,3,2"])
     with pytest.raises(SystemExit, match="grow the net of --init"):

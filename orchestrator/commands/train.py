@@ -48,6 +48,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "channels unseen by the old ones at first (e.g. 36,48,96,144,192)")
     p.add_argument("--decoder-width", metavar="W", type=int,
                    help="with --init: grow the decoder to this width")
+    p.add_argument("--context-width", metavar="W", type=int,
+                   help="with --init: add (or widen) the whole-frame context branch, W hidden channels; a new "
+                        "branch starts adding nothing")
     p.add_argument("--best", type=Path, metavar="FILE",
                    help="keep a copy (weights and state, no optimizer) of the checkpoint with the best held-out "
                         "NoC@90 so far, judged at each checkpoint (needs --validate-images)")
@@ -190,7 +193,7 @@ def check_grow_to(init: Path | None, grow_to: dict) -> None:
     from workers.model.network import NetConfig, check_growth
 
     if not init:
-        raise SystemExit("--deepen, --widen and --decoder-width grow the net of --init")
+        raise SystemExit("--deepen, --widen, --decoder-width and --context-width grow the net of --init")
     old = NetConfig.from_dict(load_checkpoint(init)["net"])
     try:
         check_growth(old, NetConfig.from_dict({**old.to_dict(), **grow_to}))
@@ -215,7 +218,7 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit("--best judges checkpoints on held-out images: it needs --validate-images and "
                          "--holdout-every above 0")
     grow_to = {k: v for k, v in (("blocks", args.deepen), ("widths", args.widen),
-                                 ("decoder_width", args.decoder_width)) if v}
+                                 ("decoder_width", args.decoder_width), ("context_width", args.context_width)) if v}
     if grow_to:
         check_grow_to(args.init, grow_to)
     if not 0.0 <= args.first_click_share <= 1.0:
