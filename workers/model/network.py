@@ -6,8 +6,9 @@ previous probability, colour cue). Output: one logit map B x 1 x H x W. H and W 
 Shape of the net: a small residual encoder (strides 2 to 32) with a feature-pyramid decoder to stride 2, upsampled
 to the input size. An optional context branch pools the deepest features over the whole frame (weighted by a learned
 attention map) and adds the result to every position of the decoder's coarsest level: a first click sees the extent
-of its object beyond the convolutions' reach. The guidance maps are fused "Conv1S"-style: their own conv stack maps them to the stem's channel
-count, scaled by a learned factor that starts small, and added to the RGB stem's output, so the RGB path stays clean.
+of its object beyond the convolutions' reach. The guidance maps are fused "Conv1S"-style: their own conv stack maps
+them to the stem's channel count, scaled by a learned factor that starts small, and added to the RGB stem's output,
+so the RGB path stays clean.
 """
 from __future__ import annotations
 
