@@ -19,7 +19,9 @@ earlier run used.
    brush regions (other objects' masks) as a prediction and as a draft, which Label Studio sends with every request.
    Each task is opened as the labeling UI opens it (GET /api/tasks/ID) half a second before its first click: a
    task without predictions (no earlier regions) then has Label Studio ask the backend for them, and the backend
-   fetches its image meanwhile; a task that has predictions (earlier regions) does not.
+   fetches its image meanwhile; a task that has predictions (earlier regions) does not. Before these, the same
+   through Label Studio with a backend that answers every click at once with a fixed brush mask (no model, no
+   image): Label Studio's own time per click, the floor under the bar through Label Studio.
 2. Throughput: 1, 4 and 8 simulated annotators (threads on loopback, each on its own images and objects, each
    at most --throughput-clicks clicks and --duration seconds), straight to the backend, on one replica and on two.
 
@@ -70,6 +72,7 @@ DAVIS = DATASETS / "eval" / "davis345"
 BARS = {"path_p50_ms": 10.0, "path_p95_ms": 20.0, "label_studio_p95_ms": 100.0, "clicks_per_s_8": 60.0,
         "regions_100_ratio": 1.2, "errors": 0}
 APP = "bench"
+INSTANT_RUN = "via Label Studio, instant backend"
 OPEN_TO_FIRST_CLICK_S = 0.5  # an annotator takes longer than this to place a first click on a newly opened image
 
 
@@ -384,6 +387,73 @@ def latency_through_label_studio(studio, backend_id: int, tasks: dict, scripts: 
     return run
 
 
+class InstantBackend:
+    """A backend that answers every /predict at once with a fixed brush mask: through Label Studio it shows what
+    Label Studio itself costs per click, the floor under any backend's figure there."""
+
+    def __init__(self, mask: np.ndarray):
+        import uvicorn
+        from starlette.applications import Starlette
+        from starlette.responses import JSONResponse, Response
+        from starlette.routing import Route
+
+        from integrations.label_studio import protocol
+        from integrations.label_studio.labeling_config import BRUSHES, Answer
+
+        region = protocol.brush_result(mask, Answer(BRUSHES, "tag", "image", "Object"), 0.9)
+        answers = {True: protocol.dump_json(protocol.predict_response([protocol.prediction([region], 0.9, "instant")])),
+                   False: protocol.dump_json(protocol.predict_response([protocol.prediction([], 0.0, "instant")]))}
+
+        async def health(request):
+            return JSONResponse(protocol.health_response("instant"))
+
+        async def setup(request):
+            await request.body()
+            return JSONResponse(protocol.setup_response("instant"))
+
+        async def predict(request):
+            body = json.loads(await request.body())
+            # A task opened asks for predictions (no clicks): nothing, as the real backend answers.
+            clicked = bool((body.get("params") or {}).get("context"))
+            return Response(answers[clicked], media_type="application/json")
+
+        async def webhook(request):
+            await request.body()
+            return JSONResponse({})
+
+        app = Starlette(routes=[Route("/health", health), Route("/setup", setup, methods=["POST"]),
+                                Route("/predict", predict, methods=["POST"]),
+                                Route("/webhook", webhook, methods=["POST"])])
+        self.url = f"http://127.0.0.1:{free_port()}"
+        port = int(self.url.rsplit(":", 1)[1])
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+def label_studio_run(studio, scripts: list[ObjectScript], backend_url: str, earlier: list[dict], timeout: float,
+                     name: str) -> Run:
+    """A project of the scripts' images, each task with the `earlier` regions, the backend connected; the clicks
+    played through Label Studio."""
+    project = studio.create_project(STANDARD_CONFIG, title=f"bench serving, {name}")
+    tasks = {}
+    for script in scripts:  # one file per import (Label Studio keeps one file per form key)
+        for task in studio.upload_images(project, [script.path]):
+            tasks[task["data"]["image"].rsplit("/", 1)[-1].split("-", 1)[1]] = task["id"]
+    if earlier:
+        for task_id in tasks.values():
+            fill_task(studio, task_id, earlier)
+    backend_id = studio.connect_backend(project, backend_url)
+    return latency_through_label_studio(studio, backend_id, tasks, scripts, timeout, name)
+
+
 # ---------------------------------------------------------------------------------------------------- plumbing
 
 
@@ -504,6 +574,8 @@ def main(argv: list[str] | None = None) -> int:
     entries = [e for e in scan(args.data) if e.mask_paths]
     objects_per_annotator = -(-args.throughput_clicks // args.clicks)
     plan = {"latency direct": args.latency_images}
+    if region_counts:
+        plan[INSTANT_RUN] = args.latency_images
     for n in region_counts:
         plan[f"via Label Studio, {n} regions"] = args.latency_images
     for r in replica_counts:
@@ -571,20 +643,18 @@ def main(argv: list[str] | None = None) -> int:
                 run.backend = backend_share(len(run.latencies_ms))
                 rows.append(run.summary())
                 print_table(rows[-1:])
+                if region_counts:  # Label Studio's own floor first, on the same kind of images and clicks
+                    instant = InstantBackend(earlier_masks(entries, 1)[0])
+                    try:
+                        rows.append(label_studio_run(studio, take(args.latency_images), instant.url, [],
+                                                     args.timeout, INSTANT_RUN).summary())
+                    finally:
+                        instant.stop()
+                    print_table(rows[-1:])
                 for n in region_counts:
-                    ls_scripts = take(args.latency_images)
-                    project = studio.create_project(STANDARD_CONFIG, title=f"bench serving, {n} regions")
-                    tasks = {}
-                    for script in ls_scripts:  # one file per import (Label Studio keeps one file per form key)
-                        for task in studio.upload_images(project, [script.path]):
-                            tasks[task["data"]["image"].rsplit("/", 1)[-1].split("-", 1)[1]] = task["id"]
-                    if n:
-                        earlier = brush_regions(earlier_masks(entries, n))
-                        for task_id in tasks.values():
-                            fill_task(studio, task_id, earlier)
-                    backend_id = studio.connect_backend(project, predict_url.removesuffix("/predict"))
-                    run = latency_through_label_studio(studio, backend_id, tasks, ls_scripts, args.timeout,
-                                                       f"via Label Studio, {n} regions")
+                    earlier = brush_regions(earlier_masks(entries, n)) if n else []
+                    run = label_studio_run(studio, take(args.latency_images), predict_url.removesuffix("/predict"),
+                                           earlier, args.timeout, f"via Label Studio, {n} regions")
                     run.replicas = replicas
                     run.backend = backend_share(len(run.latencies_ms))
                     rows.append(run.summary())
