@@ -354,6 +354,28 @@ def test_reading_a_predict_body_by_schema_gives_what_reading_it_in_full_gives(ls
         protocol.load_json(raw)).objects[0].key != protocol.parse_predict(user | {"user": None}).objects[0].key
 
 
+@pytest.mark.parametrize("separators", [(", ", ": "), (",", ":")])
+def test_brush_rle_is_emptied_before_parsing_and_nothing_read_changes(ls_request, separators):
+    body = with_earlier_answers(ls_request("predict_interactive_positive_keypoint"))
+    task = body["tasks"][0]
+    # Text that looks like brush RLE but is not one: inside strings (the image URL, a label), after a key that
+    # only ends in rle, and an array after "rle" holding a string with a bracket in it.
+    task["data"]["image"] += '?q="rle": [1, 2]'
+    task["meta"] = {'x"rle': [3, 4], "rle": ["]", 5], "also": {"rle": [6, 7]}}
+    body["params"]["context"]["result"][0]["value"]["keypointlabels"] = ['"rle":[8]']
+    raw = json.dumps(body, separators=separators).encode()
+    emptied = protocol._without_brush_rle(raw)
+    assert len(emptied) < len(raw) / 5  # the RLE is most of the body
+    assert json.loads(emptied)["tasks"][0]["meta"] == {'x"rle': [], "rle": ["]", 5], "also": {"rle": []}}
+    assert json.loads(emptied)["tasks"][0]["data"] == task["data"]
+    with pytest.raises(ProtocolError, match="unknown label"):  # the label is read as sent
+        protocol.parse_predict(protocol.load_predict_json(raw))
+    body["params"]["context"]["result"][0]["value"]["keypointlabels"] = ["Cat"]
+    raw = json.dumps(body, separators=separators).encode()
+    assert protocol.parse_predict(protocol.load_predict_json(raw)) == protocol.parse_predict(json.loads(raw))
+    assert protocol.parse_predict(protocol.load_predict_json(raw)).tasks[0].image_uri.endswith('"rle": [1, 2]')
+
+
 @pytest.mark.parametrize("change, message", [
     (lambda b: b.update(tasks="abc"), "body.tasks is missing or not a list"),
     (lambda b: b.update(tasks=[1]), r"tasks\[0\] must be a JSON object"),

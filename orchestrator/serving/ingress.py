@@ -47,7 +47,7 @@ from .metrics import ServingMetrics
 
 log = logging.getLogger(__name__)
 # A body larger than this is parsed in a thread. Label Studio's body grows with the regions on the image (0.5 MB
-# with 20 brush masks, parsed in about 1 ms); a small one parses in tens of microseconds, less than a thread hop.
+# with 20 brush masks, parsed in about 0.4 ms); a small one parses in tens of microseconds, less than a thread hop.
 PARSE_ON_LOOP_BYTES = 64 * 1024
 # Label Studio asks for a task's predictions when an annotator opens it (a batch /predict of that one task): its
 # image is then fetched and handed to a model replica in the background, so the first click costs the model alone.
