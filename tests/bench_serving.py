@@ -28,10 +28,11 @@ earlier run used.
 For every run: clicks/s (answered clicks over the run's wall time), p50 and p95 of the per-click latency, errors
 (transport errors, non-200 answers, answers without one brush mask), and, for the same requests, the ingress's own
 time per request beside the model replicas' prediction time within it and their difference, the serving path
-(from the ingress's stats(), exact per request; `backend`, `model`, `path` in the table), with the median request
-body. Throughput runs also give the CPU per answered click of each process (from /proc) and, with --profile DIR,
-py-spy samples of each process (collapsed stacks, for flame graph tools; the heaviest functions are printed; py-spy
-is not among the project's dependencies: `.venv/bin/pip install py-spy`).
+(from the ingress's stats(), exact per request; `backend`, `model`, `path` in the table; `later`: the ingress's time
+over the clicks after each image's first, for one annotator), with the median request body. Throughput runs also
+give the CPU per answered click of each process (from /proc) and, with --profile DIR, py-spy samples of each process
+(collapsed stacks, for flame graph tools; the heaviest functions are printed; py-spy is not among the project's
+dependencies: `.venv/bin/pip install py-spy`).
 Bars (BARS below; the serving issue): the ingress within the model's p50 + 10 ms and p95 + 20 ms and a click
 through Label Studio in 100 ms (p95), with no earlier regions; 100 regions cost the ingress at most 1.2x at the
 median; 60 clicks/s with 8 annotators on one replica; zero errors.
@@ -157,6 +158,7 @@ def answer_error(status: int, answer: dict | None) -> str | None:
 class Run:
     name: str
     latencies_ms: list[float] = field(default_factory=list)
+    firsts: list[bool] = field(default_factory=list)  # per answered click: its image's first
     later_ms: list[float] = field(default_factory=list)  # without each image's first click
     errors: list[str] = field(default_factory=list)
     wall_s: float = 0.0
@@ -174,6 +176,7 @@ class Run:
             self.errors.append(error)
             return
         self.latencies_ms.append(ms)
+        self.firsts.append(first)
         if not first:
             self.later_ms.append(ms)
 
@@ -318,10 +321,11 @@ def throughput(name: str, predict_url: str, image_url, groups: list[list[ObjectS
     return run
 
 
-def backend_share(requests_answered: int) -> dict:
+def backend_share(requests_answered: int, firsts: list[bool] | None = None) -> dict:
     """The ingress's own figures for its last `requests_answered` answered /predict requests (its stats()): its time
     per request, the model replicas' own prediction time within it, and the difference, the serving path's share
-    (proxy excluded: it is before the ingress); the median request body."""
+    (proxy excluded: it is before the ingress); the median request body. With `firsts` (one annotator, so requests
+    in the order sent: which was its image's first click), the ingress's time over the later clicks too."""
     from ray import serve
 
     recent = serve.get_deployment_handle("Backend", app_name=APP).stats.remote().result()["recent_predict_s"]
@@ -330,6 +334,8 @@ def backend_share(requests_answered: int) -> dict:
         return {}
     backend, model = 1000 * recent[:, 0], 1000 * recent[:, 1]
     figures = {"backend": backend, "model": model, "path": backend - model}
+    if firsts is not None and len(firsts) == len(recent):
+        figures["backend_later"] = backend[~np.array(firsts, bool)]
     return {**{f"{k}_{q}_ms": float(np.percentile(v, int(q[1:]))) for k, v in figures.items() for q in ("p50", "p95")},
             "body_kb_p50": float(np.median(recent[:, 2])) / 1024}
 
@@ -501,17 +507,19 @@ def warm_up(predict_url: str, image_url, script: ObjectScript, timeout: float, r
 
 
 def print_table(rows: list[dict]) -> None:
-    """Per run: the client's latency, then the ingress's own time and the model's within it (p50/p95, ms)."""
+    """Per run: the client's latency, then the ingress's own time (all clicks, and the clicks after each image's
+    first where known) and the model's within it (p50/p95, ms)."""
     head = (f"{'run':38s} {'repl':>4s} {'annot':>5s} {'clicks':>6s} {'err':>4s} {'clicks/s':>8s} "
-            f"{'p50 ms':>7s} {'p95 ms':>7s} {'max ms':>7s} {'backend':>12s} {'model':>12s} {'path':>12s} "
-            f"{'body KB':>8s}")
+            f"{'p50 ms':>7s} {'p95 ms':>7s} {'max ms':>7s} {'backend':>12s} {'later':>12s} {'model':>12s} "
+            f"{'path':>12s} {'body KB':>8s}")
     print(head)
     print("-" * len(head))
     pair = lambda r, k: f"{r.get(k + '_p50_ms', float('nan')):5.1f}/{r.get(k + '_p95_ms', float('nan')):<6.1f}"  # noqa: E731
     for r in rows:
         print(f"{r['run']:38s} {r['replicas']:4d} {r['annotators']:5d} {r['clicks']:6d} {r['errors']:4d} "
               f"{r['clicks_per_s']:8.1f} {r['p50_ms']:7.1f} {r['p95_ms']:7.1f} {r['max_ms']:7.1f} "
-              f"{pair(r, 'backend'):>12s} {pair(r, 'model'):>12s} {pair(r, 'path'):>12s} "
+              f"{pair(r, 'backend'):>12s} {pair(r, 'backend_later'):>12s} {pair(r, 'model'):>12s} "
+              f"{pair(r, 'path'):>12s} "
               f"{r.get('body_kb_p50', float('nan')):8.1f}")
 
 
@@ -536,6 +544,9 @@ def verdicts(rows: list[dict]) -> dict:
                                                           <= BARS["regions_100_ratio"] * empty["backend_p50_ms"])
         out["100 regions: through Label Studio p50 <= 1.2x empty"] = full["p50_ms"] <= BARS["regions_100_ratio"] * \
             empty["p50_ms"]
+        if "backend_later_p50_ms" in full:  # not the bar: where the first clicks' image fetches are left out
+            out["(100 regions, clicks after each image's first: ingress p50 <= 1.2x empty)"] = (
+                full["backend_later_p50_ms"] <= BARS["regions_100_ratio"] * empty["backend_later_p50_ms"])
     for r in rows:
         if r["run"].startswith("throughput") and r["annotators"] == 8:
             met = r["clicks_per_s"] >= BARS["clicks_per_s_8"]
@@ -640,7 +651,7 @@ def main(argv: list[str] | None = None) -> int:
                 annotate_direct(run, lock, predict_url, image_url, take(args.latency_images), "lat", 10**9,
                                 float("inf"), args.timeout)
                 run.wall_s, run.load_after = time.perf_counter() - t_start, os.getloadavg()
-                run.backend = backend_share(len(run.latencies_ms))
+                run.backend = backend_share(len(run.latencies_ms), run.firsts)
                 rows.append(run.summary())
                 print_table(rows[-1:])
                 if region_counts:  # Label Studio's own floor first, on the same kind of images and clicks
@@ -656,7 +667,7 @@ def main(argv: list[str] | None = None) -> int:
                     run = label_studio_run(studio, take(args.latency_images), predict_url.removesuffix("/predict"),
                                            earlier, args.timeout, f"via Label Studio, {n} regions")
                     run.replicas = replicas
-                    run.backend = backend_share(len(run.latencies_ms))
+                    run.backend = backend_share(len(run.latencies_ms), run.firsts)
                     rows.append(run.summary())
                     print_table(rows[-1:])
             for annotators in annotator_counts:
