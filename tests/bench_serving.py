@@ -11,7 +11,8 @@ against the ground truth, given the base model's own answers (computed once, off
 that the simulated annotators cost the machine nothing while they are timed). Each click is a new request carrying
 the whole click history of its object, as Label Studio sends it; straight to the backend, the first click on an
 image includes fetching and decoding the image. Nothing is replayed: each run uses images (and so objects) no
-earlier run used.
+earlier run used, except that the runs through Label Studio share theirs, so that they differ in the regions alone
+(each run in a project of its own: new image URLs, so nothing cached by an earlier run carries over).
 
 1. Latency, one annotator, sequential: (a) POST /predict straight to the backend; (b) through Label Studio's
    interactive-annotating API (Label Studio fetches the task, calls the backend, passes the answer on; the backend
@@ -586,9 +587,7 @@ def main(argv: list[str] | None = None) -> int:
     objects_per_annotator = -(-args.throughput_clicks // args.clicks)
     plan = {"latency direct": args.latency_images}
     if region_counts:
-        plan[INSTANT_RUN] = args.latency_images
-    for n in region_counts:
-        plan[f"via Label Studio, {n} regions"] = args.latency_images
+        plan["via Label Studio"] = args.latency_images
     for r in replica_counts:
         for a in annotator_counts:
             plan[f"throughput r{r} a{a}"] = a * objects_per_annotator
@@ -654,18 +653,19 @@ def main(argv: list[str] | None = None) -> int:
                 run.backend = backend_share(len(run.latencies_ms), run.firsts)
                 rows.append(run.summary())
                 print_table(rows[-1:])
-                if region_counts:  # Label Studio's own floor first, on the same kind of images and clicks
+                ls_scripts = take(args.latency_images) if region_counts else []
+                if region_counts:  # Label Studio's own floor first, on the same images and clicks
                     instant = InstantBackend(earlier_masks(entries, 1)[0])
                     try:
-                        rows.append(label_studio_run(studio, take(args.latency_images), instant.url, [],
-                                                     args.timeout, INSTANT_RUN).summary())
+                        rows.append(label_studio_run(studio, ls_scripts, instant.url, [], args.timeout,
+                                                     INSTANT_RUN).summary())
                     finally:
                         instant.stop()
                     print_table(rows[-1:])
                 for n in region_counts:
                     earlier = brush_regions(earlier_masks(entries, n)) if n else []
-                    run = label_studio_run(studio, take(args.latency_images), predict_url.removesuffix("/predict"),
-                                           earlier, args.timeout, f"via Label Studio, {n} regions")
+                    run = label_studio_run(studio, ls_scripts, predict_url.removesuffix("/predict"), earlier,
+                                           args.timeout, f"via Label Studio, {n} regions")
                     run.replicas = replicas
                     run.backend = backend_share(len(run.latencies_ms), run.firsts)
                     rows.append(run.summary())
