@@ -65,7 +65,7 @@ import requests
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ls_support import STANDARD_CONFIG, smart_keypoint  # noqa: E402
-from support import DATASETS, free_port  # noqa: E402
+from support import DATASETS, free_port, wait_for  # noqa: E402
 
 DAVIS = DATASETS / "eval" / "davis345"
 # The serving path's bars: the ingress's time per request within the model's own + 10 ms (p50) and + 20 ms (p95),
@@ -431,14 +431,12 @@ class InstantBackend:
         app = Starlette(routes=[Route("/health", health), Route("/setup", setup, methods=["POST"]),
                                 Route("/predict", predict, methods=["POST"]),
                                 Route("/webhook", webhook, methods=["POST"])])
-        self.url = f"http://127.0.0.1:{free_port()}"
-        port = int(self.url.rsplit(":", 1)[1])
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for(lambda: self.server.started, "the instant backend to listen", timeout=30, every=0.05)
 
     def stop(self) -> None:
         self.server.should_exit = True
