@@ -69,10 +69,11 @@ def test_keep_clicked_parts_drops_unclicked_components():
 
 
 def test_parse_spec():
-    assert parse_spec("grabcut") == ("grabcut", False, True)
-    assert parse_spec("base:flip") == ("base", True, True)
-    assert parse_spec("base:nozoom:flip") == ("base", True, False)
-    assert parse_spec("runs/a:b.pt:nozoom") == ("runs/a:b.pt", False, False)
+    assert parse_spec("grabcut") == ("grabcut", {})
+    assert parse_spec("base:flip") == ("base", {"flip": True})
+    assert parse_spec("base:nozoom:flip") == ("base", {"flip": True, "zoom_in": False})
+    assert parse_spec("base:onescale") == ("base", {"first_click_coarse_side": 0})
+    assert parse_spec("runs/a:b.pt:nozoom") == ("runs/a:b.pt", {"zoom_in": False})
 
 
 def test_evaluate_command_end_to_end(tmp_path, capsys):

@@ -65,6 +65,32 @@ def test_a_first_click_box_frames_small_objects_from_the_first_click(net):
     assert whole.frame_for([Click(300, 200, True)], None).x1 == 854
 
 
+def test_a_first_click_is_also_seen_coarser_and_the_two_views_averaged(net):
+    rgb, mask = disk_scene(h=480, w=854, cx=300, cy=200, r=40)
+    p = ClickSegPredictor(net, PredictorConfig(long_side=320, first_click_coarse_side=192))
+    p.set_image(rgb)
+    views = []  # (frame, the network's probabilities in it), one per view
+    frame_prob = p._frame_prob
+
+    def recorded(frame, *args):
+        views.append((frame, frame_prob(frame, *args)))
+        return views[-1][1]
+
+    p._frame_prob = recorded
+    first = p.predict([Click(300, 200, True)])
+    assert [(f.x1 - f.x0, max(f.width, f.height)) for f, _ in views] == [(854, 320), (854, 192)]
+    pasted = [f.paste(prob, np.zeros((480, 854), np.float32)) for f, prob in views]
+    assert np.allclose(first.prob, (pasted[0] + pasted[1]) / 2, atol=1e-6)
+    # One view from the second click on, for an object box, and with the coarse view off.
+    views.clear()
+    p.predict([Click(300, 200, True), Click(320, 210, True)], prev=first)
+    p.predict([Click(300, 200, True)], box=(250, 150, 350, 260))
+    assert len(views) == 2
+    one = ClickSegPredictor(net, PredictorConfig(long_side=320, first_click_coarse_side=0))
+    one.set_image(rgb)
+    assert np.allclose(one.predict([Click(300, 200, True)]).prob, pasted[0], atol=1e-6)
+
+
 def test_flip_averaging_is_mirror_symmetric(net):
     rgb, _ = disk_scene()
     p = ClickSegPredictor(net, PredictorConfig(flip=True, keep_clicked_component=False))

@@ -10,7 +10,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="benchmarks (per-click latency of the model)")
     bsub = p.add_subparsers(dest="bench", required=True)
     m = bsub.add_parser("model", help="per-click latency of a predictor, 1 torch thread, no HTTP")
-    m.add_argument("--model", default="base", help="base, grabcut or a checkpoint path, with :flip / :nozoom")
+    m.add_argument("--model", default="base", help="base, grabcut or a checkpoint path, with :flip, :nozoom, :onescale")
     m.add_argument("--data", required=True, type=Path, help="dataset folder, e.g. shared/datasets/eval/davis345")
     m.add_argument("--every", type=int, default=5, help="take every Nth image")
     m.add_argument("--clicks", type=int, default=5, help="clicks per object")

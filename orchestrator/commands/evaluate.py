@@ -3,9 +3,9 @@
     clickmask evaluate --model grabcut --model base:flip --data DATASET_DIR [--every N] [--limit N] [--out DIR]
 
 A model SPEC is `grabcut`, `base` (the bundled model) or a checkpoint path, optionally followed by `:flip` (flip
-averaging) and/or `:nozoom` (no zoom-in). For each dataset: one table on stdout (rows = methods), and in --out
-`<dataset>.json` (every method's summary, mean IoU curve and per-object results) and `<dataset>.png` (mean IoU
-against the number of clicks, one line per method).
+averaging), `:nozoom` (no zoom-in) and/or `:onescale` (the first click seen at one scale only, not also coarser).
+For each dataset: one table on stdout (rows = methods), and in --out `<dataset>.json` (every method's summary, mean
+IoU curve and per-object results) and `<dataset>.png` (mean IoU against the number of clicks, one line per method).
 """
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ import math
 import tempfile
 from pathlib import Path
 
-SUFFIXES = ("flip", "nozoom")
+# Each suffix of a model spec overrides one of the learned predictor's settings (predictor.PredictorConfig).
+SUFFIXES = {"flip": {"flip": True}, "nozoom": {"zoom_in": False}, "onescale": {"first_click_coarse_side": 0}}
 COLUMNS = ["NoC@85", "NoC@90", "NoF@85", "NoF@90", "mIoU@1", "mIoU@3", "mIoU@5", "s/click", "first-click s",
            "cpu s/click"]
 
@@ -24,7 +25,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("evaluate", help="NoC evaluation of one or more models on dataset folders",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", action="append", required=True, metavar="SPEC",
-                   help="grabcut | base | CHECKPOINT, with optional :flip and/or :nozoom (repeatable)")
+                   help="grabcut | base | CHECKPOINT, with optional :flip, :nozoom, :onescale (repeatable)")
     p.add_argument("--data", action="append", required=True, metavar="DIR",
                    help="dataset folder with images/ and masks/ (repeatable)")
     p.add_argument("--every", type=int, default=1, help="take every Nth image (default 1: all)")
@@ -36,28 +37,28 @@ def register(subparsers) -> None:
     p.set_defaults(handler=run)
 
 
-def parse_spec(spec: str) -> tuple[str, bool, bool]:
-    """'base:flip:nozoom' -> ('base', flip=True, zoom_in=False). Suffixes are peeled from the right."""
-    base, flip, zoom_in = spec, False, True
+def parse_spec(spec: str) -> tuple[str, dict]:
+    """'base:flip:nozoom' -> ('base', {'flip': True, 'zoom_in': False}): the model and the predictor settings its
+    suffixes override. Suffixes are peeled from the right, so a checkpoint path may hold a colon."""
+    base, overrides = spec, {}
     while ":" in base and base.rsplit(":", 1)[1] in SUFFIXES:
         base, suffix = base.rsplit(":", 1)
-        flip = flip or suffix == "flip"
-        zoom_in = zoom_in and suffix != "nozoom"
-    return base, flip, zoom_in
+        overrides.update(SUFFIXES[suffix])
+    return base, overrides
 
 
 def make_predictor(spec: str):
-    base, flip, zoom_in = parse_spec(spec)
+    base, overrides = parse_spec(spec)
     if base == "grabcut":
-        if flip or not zoom_in:
-            raise SystemExit(f"{spec}: GrabCut has no :flip or :nozoom variant")
+        if overrides:
+            raise SystemExit(f"{spec}: GrabCut has no :{' :'.join(SUFFIXES)} variant")
         from workers.model.grabcut import GrabCutPredictor
 
         return GrabCutPredictor()
     # The learned predictor is imported only when asked for, so GrabCut runs without it.
     from workers.model.predictor import load_predictor
 
-    return load_predictor(base, flip=flip, zoom_in=zoom_in)
+    return load_predictor(base, **overrides)
 
 
 def dataset_name(path: str) -> str:

@@ -6,9 +6,9 @@
     second = predictor.predict([Click(x, y, True), Click(x2, y2, False)], prev=first)
 
 The first click looks at the whole image resized to `long_side` (or, with `first_click_side`, at a box of that
-side around the click); from the second click on (zoom-in) the network looks at a box around the previous mask and
-the positive clicks. Flip averaging runs the network on the mirrored frame too and averages the two probability
-maps.
+side around the click), and at the same box resized to the coarser `first_click_coarse_side`, the two probability
+maps averaged; from the second click on (zoom-in) the network looks at a box around the previous mask and the
+positive clicks. Flip averaging runs the network on the mirrored frame too and averages the two probability maps.
 """
 from __future__ import annotations
 
@@ -37,6 +37,9 @@ class PredictorConfig:
     zoom_expand: float = 1.4
     zoom_min_side: int = 200
     first_click_side: int = 0  # 0: a first click sees the whole image; else a box of at least this side around it
+    # A first click on a large object is often answered with the part around it: the coarser view lets the network
+    # reach across the whole object (held-out figures in weights/MODEL_CARD.md). 0: one view only.
+    first_click_coarse_side: int = 192
     flip: bool = False
     bf16: bool = True  # bfloat16 convolutions where the CPU has them (AVX512-BF16, AMX); see README figures
     keep_clicked_component: bool = True  # drop mask parts that touch no positive click
@@ -82,8 +85,17 @@ class ClickSegPredictor(Predictor):
 
     @torch.inference_mode()
     def _predict_prob(self, clicks: list[Click], prev_prob: np.ndarray | None, box=None) -> np.ndarray:
-        h, w = self.image.shape[:2]
         frame = self.frame_for(clicks, prev_prob, box)
+        canvas = np.zeros(self.image.shape[:2], np.float32) if prev_prob is None else prev_prob.astype(np.float32)
+        prob = frame.paste(self._frame_prob(frame, clicks, prev_prob), canvas.copy())
+        coarse_side = self.config.first_click_coarse_side
+        if len(clicks) == 1 and box is None and 0 < coarse_side < self.config.long_side:
+            coarse = Frame.around((frame.x0, frame.y0, frame.x1, frame.y1), coarse_side)
+            prob = (prob + coarse.paste(self._frame_prob(coarse, clicks, prev_prob), canvas)) / 2
+        return prob
+
+    def _frame_prob(self, frame: Frame, clicks: list[Click], prev_prob: np.ndarray | None) -> np.ndarray:
+        """The network's probabilities in `frame` (frame-sized)."""
         rgb = frame.crop(self.image)
         fclicks = frame.clicks_in(clicks)
         fprev = None if prev_prob is None else frame.crop(prev_prob)
@@ -99,8 +111,7 @@ class ClickSegPredictor(Predictor):
         fprob = prob[0, 0].cpu().numpy()
         if self.config.keep_clicked_component:
             fprob = keep_clicked_components(fprob, fclicks)
-        canvas = np.zeros((h, w), np.float32) if prev_prob is None else prev_prob.astype(np.float32, copy=True)
-        return frame.paste(fprob, canvas)
+        return fprob
 
 
 def keep_clicked_components(prob: np.ndarray, clicks: list[Click]) -> np.ndarray:
