@@ -1,5 +1,7 @@
 """The learned predictor's contract: full-size outputs, zoom-in, flip, and clear errors for bad input.
 A randomly initialised small network is enough here: these tests are about shapes and conventions, not quality."""
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -65,11 +67,9 @@ def test_a_first_click_box_frames_small_objects_from_the_first_click(net):
     assert whole.frame_for([Click(300, 200, True)], None).x1 == 854
 
 
-def test_a_first_click_is_also_seen_coarser_and_the_two_views_averaged(net):
-    rgb, mask = disk_scene(h=480, w=854, cx=300, cy=200, r=40)
-    p = ClickSegPredictor(net, PredictorConfig(long_side=320, first_click_coarse_side=192))
-    p.set_image(rgb)
-    views = []  # (frame, the network's probabilities in it), one per view
+def recording_views(p: ClickSegPredictor) -> list:
+    """Make `p` record each view it runs the network on: (frame, the network's probabilities in it)."""
+    views = []
     frame_prob = p._frame_prob
 
     def recorded(frame, *args):
@@ -77,6 +77,15 @@ def test_a_first_click_is_also_seen_coarser_and_the_two_views_averaged(net):
         return views[-1][1]
 
     p._frame_prob = recorded
+    return views
+
+
+def test_a_first_click_is_also_seen_coarser_and_the_two_views_averaged(net):
+    rgb, mask = disk_scene(h=480, w=854, cx=300, cy=200, r=40)
+    config = PredictorConfig(long_side=320, first_click_coarse_side=192, first_click_coarse_min_area=0.0)
+    p = ClickSegPredictor(net, config)
+    p.set_image(rgb)
+    views = recording_views(p)
     first = p.predict([Click(300, 200, True)])
     assert [(f.x1 - f.x0, max(f.width, f.height)) for f, _ in views] == [(854, 320), (854, 192)]
     pasted = [f.paste(prob, np.zeros((480, 854), np.float32)) for f, prob in views]
@@ -86,9 +95,24 @@ def test_a_first_click_is_also_seen_coarser_and_the_two_views_averaged(net):
     p.predict([Click(300, 200, True), Click(320, 210, True)], prev=first)
     p.predict([Click(300, 200, True)], box=(250, 150, 350, 260))
     assert len(views) == 2
-    one = ClickSegPredictor(net, PredictorConfig(long_side=320, first_click_coarse_side=0))
+    one = ClickSegPredictor(net, replace(config, first_click_coarse_side=0))
     one.set_image(rgb)
     assert np.allclose(one.predict([Click(300, 200, True)]).prob, pasted[0], atol=1e-6)
+
+
+def test_the_coarse_view_is_added_only_when_the_first_mask_is_not_small(net):
+    rgb, _ = disk_scene(h=480, w=854, cx=300, cy=200, r=40)
+    p = ClickSegPredictor(net, PredictorConfig(first_click_coarse_min_area=0.0))
+    p.set_image(rgb)
+    views = recording_views(p)
+    p.predict([Click(300, 200, True)])
+    area = (views[0][1] > 0.49).mean()
+    for min_area, n_views in ((area, 2), (area + 1e-3, 1)):
+        gated = ClickSegPredictor(net, PredictorConfig(first_click_coarse_min_area=min_area))
+        gated.set_image(rgb)
+        views = recording_views(gated)
+        gated.predict([Click(300, 200, True)])
+        assert len(views) == n_views, min_area
 
 
 def test_flip_averaging_is_mirror_symmetric(net):

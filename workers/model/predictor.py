@@ -6,9 +6,10 @@
     second = predictor.predict([Click(x, y, True), Click(x2, y2, False)], prev=first)
 
 The first click looks at the whole image resized to `long_side` (or, with `first_click_side`, at a box of that
-side around the click), and at the same box resized to the coarser `first_click_coarse_side`, the two probability
-maps averaged; from the second click on (zoom-in) the network looks at a box around the previous mask and the
-positive clicks. Flip averaging runs the network on the mirrored frame too and averages the two probability maps.
+side around the click), and, when that mask is not small, at the same box resized to the coarser
+`first_click_coarse_side`, the two probability maps averaged; from the second click on (zoom-in) the network looks
+at a box around the previous mask and the positive clicks. Flip averaging runs the network on the mirrored frame too
+and averages the two probability maps.
 """
 from __future__ import annotations
 
@@ -37,9 +38,11 @@ class PredictorConfig:
     zoom_expand: float = 1.4
     zoom_min_side: int = 200
     first_click_side: int = 0  # 0: a first click sees the whole image; else a box of at least this side around it
-    # A first click on a large object is often answered with the part around it: the coarser view lets the network
-    # reach across the whole object (held-out figures in weights/MODEL_CARD.md). 0: one view only.
-    first_click_coarse_side: int = 192
+    # A first click on a large object is often answered with the part around it: a coarser view lets the network
+    # reach across the whole object, but blurs a small one, so it is added only when the first view's mask covers
+    # at least `first_click_coarse_min_area` of the frame (both chosen on held-out images: weights/MODEL_CARD.md).
+    first_click_coarse_side: int = 192  # 0: one view only
+    first_click_coarse_min_area: float = 0.05
     flip: bool = False
     bf16: bool = True  # bfloat16 convolutions where the CPU has them (AVX512-BF16, AMX); see README figures
     keep_clicked_component: bool = True  # drop mask parts that touch no positive click
@@ -87,10 +90,12 @@ class ClickSegPredictor(Predictor):
     def _predict_prob(self, clicks: list[Click], prev_prob: np.ndarray | None, box=None) -> np.ndarray:
         frame = self.frame_for(clicks, prev_prob, box)
         canvas = np.zeros(self.image.shape[:2], np.float32) if prev_prob is None else prev_prob.astype(np.float32)
-        prob = frame.paste(self._frame_prob(frame, clicks, prev_prob), canvas.copy())
-        coarse_side = self.config.first_click_coarse_side
-        if len(clicks) == 1 and box is None and 0 < coarse_side < self.config.long_side:
-            coarse = Frame.around((frame.x0, frame.y0, frame.x1, frame.y1), coarse_side)
+        fprob = self._frame_prob(frame, clicks, prev_prob)
+        prob = frame.paste(fprob, canvas.copy())
+        side = self.config.first_click_coarse_side
+        if (len(clicks) == 1 and box is None and 0 < side < self.config.long_side
+                and (fprob > THRESHOLD).mean() >= self.config.first_click_coarse_min_area):
+            coarse = Frame.around((frame.x0, frame.y0, frame.x1, frame.y1), side)
             prob = (prob + coarse.paste(self._frame_prob(coarse, clicks, prev_prob), canvas)) / 2
         return prob
 
