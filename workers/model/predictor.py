@@ -91,13 +91,13 @@ class ClickSegPredictor(Predictor):
         frame = self.frame_for(clicks, prev_prob, box)
         canvas = np.zeros(self.image.shape[:2], np.float32) if prev_prob is None else prev_prob.astype(np.float32)
         fprob = self._frame_prob(frame, clicks, prev_prob)
-        prob = frame.paste(fprob, canvas.copy())
         side = self.config.first_click_coarse_side
         if (len(clicks) == 1 and box is None and 0 < side < self.config.long_side
                 and (fprob > THRESHOLD).mean() >= self.config.first_click_coarse_min_area):
             coarse = Frame.around((frame.x0, frame.y0, frame.x1, frame.y1), side)
-            prob = (prob + coarse.paste(self._frame_prob(coarse, clicks, prev_prob), canvas)) / 2
-        return prob
+            coarse_prob = coarse.paste(self._frame_prob(coarse, clicks, prev_prob), canvas.copy())
+            return (frame.paste(fprob, canvas) + coarse_prob) / 2
+        return frame.paste(fprob, canvas)
 
     def _frame_prob(self, frame: Frame, clicks: list[Click], prev_prob: np.ndarray | None) -> np.ndarray:
         """The network's probabilities in `frame` (frame-sized)."""
