@@ -1,4 +1,5 @@
-"""The learned predictor's contract: full-size outputs, zoom-in, flip, and clear errors for bad input.
+"""The learned predictor's contract: full-size outputs, zoom-in, the first click's two views, flip, and clear errors
+for bad input.
 A randomly initialised small network is enough here: these tests are about shapes and conventions, not quality."""
 from dataclasses import replace
 
@@ -81,7 +82,7 @@ def recording_views(p: ClickSegPredictor) -> list:
 
 
 def test_a_first_click_is_also_seen_coarser_and_the_two_views_averaged(net):
-    rgb, mask = disk_scene(h=480, w=854, cx=300, cy=200, r=40)
+    rgb, _ = disk_scene(h=480, w=854, cx=300, cy=200, r=40)
     config = PredictorConfig(long_side=320, first_click_coarse_side=192, first_click_coarse_min_area=0.0)
     p = ClickSegPredictor(net, config)
     p.set_image(rgb)
